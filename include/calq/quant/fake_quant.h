@@ -1,0 +1,39 @@
+#pragma once
+// The three fake-quant methods as differentiable functions (docs/quantization.md, section 3).
+
+#include <ATen/core/Tensor.h>
+
+#include "calq/quant/quant_spec.h"
+
+namespace calq {
+
+/// Fake quantization with a fixed scale (eq. 2):
+///   y = (clamp(round(x / scale) + zero_point, quant_min, quant_max) - zero_point) * scale
+/// Backward (straight-through with saturation mask, eq. 5): dx = dy where
+/// quant_min <= round(x / scale) + zero_point <= quant_max, else 0. No gradient to scale.
+///
+/// x: float32 or float64, any shape, any strides (non-contiguous inputs are copied once).
+/// scale: float, {1} (per-tensor) or {C} with C = x.size(spec.ch_axis()) (per-channel);
+/// every scale must be finite and > 0. zero_point: integer or float, same shape as scale.
+/// NaN in x gives NaN out and zero gradient; +-Inf saturate to quant_max / quant_min * scale
+/// with zero gradient. An empty x gives an empty y.
+at::Tensor fake_quantize(const at::Tensor& x, const at::Tensor& scale,
+                         const at::Tensor& zero_point, const QuantSpec& spec);
+
+/// Learned Step Size Quantization (Esser et al., 2019): forward as fake_quantize; scale is
+/// learned. dL/dscale = grad_factor * sum(dy * q'), with q' = round(x/s) - x/s inside the
+/// range and (quant_min - zero_point) or (quant_max - zero_point) where clamped (eq. 6).
+/// grad_factor <= 0 selects the paper's g = 1 / sqrt(n * quant_max), n being the number of
+/// elements that share one scale (x.numel() per-tensor, x.numel() / C per-channel).
+/// zero_point is not learned.
+at::Tensor lsq_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
+                             const at::Tensor& zero_point, const QuantSpec& spec,
+                             double grad_factor = -1.0);
+
+/// PACT (Choi et al., 2018), symmetric: c = clamp(x, -alpha, alpha), then fake quantization
+/// with scale = alpha / ((quant_max - quant_min) / 2) and zero point 0 (eq. 7).
+/// Backward: dx = dy for -alpha < x < alpha, else 0; dalpha = sum(dy * [x >= alpha]) -
+/// sum(dy * [x <= -alpha]). alpha: one element, finite, > 0. Per-tensor only.
+at::Tensor pact_fake_quantize(const at::Tensor& x, const at::Tensor& alpha, const QuantSpec& spec);
+
+}  // namespace calq
