@@ -14,7 +14,8 @@ namespace calq {
 ///
 /// x: float32 or float64, any shape, any strides (non-contiguous inputs are copied once).
 /// scale: float, {1} (per-tensor) or {C} with C = x.size(spec.ch_axis()) (per-channel);
-/// every scale must be finite and > 0. zero_point: integer or float, same shape as scale.
+/// every scale must be finite and > 0. zero_point: integer or float with integral values in
+/// [quant_min, quant_max], same number of elements as scale; an undefined tensor means 0.
 /// NaN in x gives NaN out and zero gradient; +-Inf saturate to quant_max / quant_min * scale
 /// with zero gradient. An empty x gives an empty y.
 at::Tensor fake_quantize(const at::Tensor& x, const at::Tensor& scale,

@@ -1,0 +1,108 @@
+#include "calq/quant/qparams.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace calq {
+namespace {
+
+// 2^ceil(log2(scale)), exact: frexp splits scale = m * 2^e with m in [0.5, 1), and scale is
+// already a power of two exactly when m == 0.5.
+template <typename T>
+T round_up_to_power_of_two(T scale) {
+  int exponent = 0;
+  const T mantissa = std::frexp(scale, &exponent);
+  return mantissa == T(0.5) ? scale : std::ldexp(T(1), exponent);
+}
+
+void check_scale_values(const at::Tensor& scale) {
+  const at::Tensor values = scale.to(at::kDouble).contiguous();
+  const double* data = values.data_ptr<double>();
+  for (int64_t i = 0; i < values.numel(); ++i) {
+    TORCH_CHECK(std::isfinite(data[i]) && data[i] > 0, "scale[", i, "] = ", data[i],
+                " is invalid; a scale must be finite and positive");
+  }
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
+                                                  const at::Tensor& max_val,
+                                                  const QuantSpec& spec) {
+  spec.validate();
+  TORCH_CHECK(min_val.defined() && max_val.defined(),
+              "compute_qparams: min_val and max_val "
+              "must be defined tensors");
+  TORCH_CHECK(
+      at::isFloatingType(min_val.scalar_type()) && at::isFloatingType(max_val.scalar_type()),
+      "compute_qparams: min_val and max_val must be floating tensors, got ", min_val.scalar_type(),
+      " and ", max_val.scalar_type());
+  TORCH_CHECK(min_val.sizes() == max_val.sizes(), "compute_qparams: min_val shape ",
+              min_val.sizes(), " differs from max_val shape ", max_val.sizes());
+  TORCH_CHECK(min_val.numel() > 0,
+              "compute_qparams: min_val and max_val are empty; need one "
+              "value per tensor or per channel");
+
+  const at::Tensor lo = min_val.detach().to(at::kCPU, at::kDouble).contiguous().view({-1});
+  const at::Tensor hi = max_val.detach().to(at::kCPU, at::kDouble).contiguous().view({-1});
+  const int64_t n = lo.numel();
+  const double* lo_data = lo.data_ptr<double>();
+  const double* hi_data = hi.data_ptr<double>();
+
+  const double quant_min = static_cast<double>(spec.quant_min());
+  const double quant_max = static_cast<double>(spec.quant_max());
+  at::Tensor scale = at::empty({n}, at::kFloat);
+  at::Tensor zero_point = at::zeros({n}, at::kInt);
+  float* scale_data = scale.data_ptr<float>();
+  int32_t* zero_point_data = zero_point.data_ptr<int32_t>();
+
+  for (int64_t i = 0; i < n; ++i) {
+    const double mn = lo_data[i];
+    const double mx = hi_data[i];
+    TORCH_CHECK(std::isfinite(mn) && std::isfinite(mx), "compute_qparams: range [", mn, ", ", mx,
+                "] at index ", i, " is not finite; observed ranges must be finite");
+    TORCH_CHECK(mn <= mx, "compute_qparams: min_val (", mn, ") > max_val (", mx, ") at index ", i,
+                "; min_val must not exceed max_val");
+    double s = 0.0;
+    if (spec.symmetric()) {
+      // eq. 1: half the number of steps, (quant_max - quant_min) / 2 = 127.5 for qint8.
+      s = std::max(std::abs(mn), std::abs(mx)) / ((quant_max - quant_min) / 2.0);
+    } else {
+      // eq. 4: the range must contain 0 so that real 0 is exactly representable.
+      s = (std::max(mx, 0.0) - std::min(mn, 0.0)) / (quant_max - quant_min);
+    }
+    float scale_f = std::max(static_cast<float>(s), static_cast<float>(kMinScale));
+    if (spec.power_of_two()) {
+      scale_f = round_up_to_power_of_two(scale_f);
+    }
+    scale_data[i] = scale_f;
+    if (!spec.symmetric()) {
+      const double zp = quant_min - std::nearbyint(std::min(mn, 0.0) / scale_f);
+      zero_point_data[i] = static_cast<int32_t>(std::min(std::max(zp, quant_min), quant_max));
+    }
+  }
+  return {scale, zero_point};
+}
+
+at::Tensor round_scale_to_power_of_two(const at::Tensor& scale) {
+  TORCH_CHECK(scale.defined() && at::isFloatingType(scale.scalar_type()),
+              "round_scale_to_power_of_two: scale must be a floating tensor");
+  check_scale_values(scale);
+  // Every float32 value is exact in float64, and so is its power of two.
+  at::Tensor values = scale.detach().to(at::kCPU, at::kDouble).contiguous().clone();
+  double* data = values.data_ptr<double>();
+  for (int64_t i = 0; i < values.numel(); ++i) {
+    data[i] = round_up_to_power_of_two(data[i]);
+  }
+  at::Tensor rounded = values.to(scale.scalar_type());
+  TORCH_CHECK(at::isfinite(rounded).all().item<bool>(),
+              "round_scale_to_power_of_two: a scale "
+              "rounded up to a power of two overflows ",
+              scale.scalar_type());
+  return rounded;
+}
+
+}  // namespace calq
