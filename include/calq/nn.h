@@ -1,0 +1,11 @@
+#pragma once
+// All calq::nn modules.
+
+#include "calq/nn/activation.h"
+#include "calq/nn/arithmetic.h"
+#include "calq/nn/conv.h"
+#include "calq/nn/linear.h"
+#include "calq/nn/pooling.h"
+#include "calq/nn/quant_module.h"
+#include "calq/nn/shape.h"
+#include "calq/nn/stubs.h"

@@ -1,0 +1,62 @@
+#pragma once
+// Base of every calq::nn module: a float module with quantization slots that prepare_qat
+// fills (docs/design.md, "A LibTorch fact that shapes layer 5").
+
+#include <c10/util/Optional.h>
+#include <torch/nn/module.h>
+
+#include <string>
+
+#include "calq/fake_quantize.h"
+#include "calq/qconfig.h"
+
+namespace calq {
+namespace nn {
+
+/// A quantizable module. Until prepared it computes exactly what its torch::nn counterpart
+/// computes. prepare() registers up to two FakeQuantize children:
+///   "weight_fake_quant" (modules with a weight, when the qconfig has a weight recipe) and
+///   "output_fake_quant" (quantization points, when the qconfig has an activation recipe),
+/// so they appear in named_modules() and in saved state.
+class QuantModuleImpl : public torch::nn::Module {
+ public:
+  explicit QuantModuleImpl(std::string type_name);
+
+  /// The key used for per-type qconfig overrides, e.g. "Conv2d", "ConvBnReLU2d", "Add".
+  const std::string& type_name() const { return type_name_; }
+
+  /// The module's own qconfig: highest priority in prepare_qat (global < type < name < own).
+  /// Default: unset. Changing it after prepare has no effect.
+  c10::optional<QConfig> qconfig;
+
+  /// Whether this module owns a weight that a weight recipe quantizes.
+  virtual bool has_weight() const { return false; }
+  /// Whether this module's output is a quantization point.
+  virtual bool is_quantization_point() const { return true; }
+
+  /// Registers the fake-quant children for `resolved` (the qconfig after overrides). Throws
+  /// if already prepared. Subclasses may check more (fused blocks must be fused first).
+  virtual void prepare(const QConfig& resolved);
+  bool prepared() const { return prepared_; }
+  /// The resolved qconfig given to prepare() (unset before).
+  const c10::optional<QConfig>& resolved_qconfig() const { return resolved_qconfig_; }
+
+  /// Empty holders (is_empty()) where the slot is not filled.
+  const FakeQuantize& weight_fake_quant() const { return weight_fake_quant_; }
+  const FakeQuantize& output_fake_quant() const { return output_fake_quant_; }
+
+ protected:
+  /// Identity while the slot is empty.
+  at::Tensor quantize_weight(const at::Tensor& weight);
+  at::Tensor quantize_output(const at::Tensor& output);
+
+ private:
+  std::string type_name_;
+  bool prepared_ = false;
+  c10::optional<QConfig> resolved_qconfig_;
+  FakeQuantize weight_fake_quant_{nullptr};
+  FakeQuantize output_fake_quant_{nullptr};
+};
+
+}  // namespace nn
+}  // namespace calq

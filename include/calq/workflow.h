@@ -1,0 +1,101 @@
+#pragma once
+// The seed's workflow on calq::nn models (docs/quantization.md section 6 of the semantics):
+// fuse -> march -> prepare_qat -> set_fake_quantize -> calibrate -> load_observer_params.
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/utils.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "calq/fake_quantize.h"
+#include "calq/qconfig.h"
+
+namespace calq {
+
+/// Target chip generation. bernoulli computes with power-of-two scales only; the others
+/// take free float scales.
+enum class March { bernoulli, bernoulli2, bayes, nash };
+March march_from_string(const std::string& name);  ///< unknown names list the valid ones
+std::string to_string(March march);
+
+/// Switches every Conv-BN block of `model` to its BN-folded form. Float output is unchanged
+/// (to rounding). Returns the number of blocks fused.
+int64_t fuse(torch::nn::Module& model);
+
+/// Per-module qconfig overrides. Priority: global < by_type < by_name < module's own qconfig.
+struct QConfigOverrides {
+  /// Keyed by calq::nn type name: "Conv2d", "ConvBnReLU2d", "Linear", "Add", "QuantStub", ...
+  std::map<std::string, QConfig> by_type;
+  /// Keyed by module path as in named_modules(): "features.0", "fc2", ...
+  std::map<std::string, QConfig> by_name;
+};
+
+/// Fills every quantization slot of every calq::nn module of `model` (weight fake-quant on
+/// conv/linear, output fake-quant on quantization points) with the resolved qconfig.
+/// bernoulli forces power-of-two scales. Throws if the model is already prepared, has no
+/// calq::nn module, has an unfused Conv-BN block, or an override names no module / type.
+/// The model is left in state QAT, training mode.
+void prepare_qat(torch::nn::Module& model, const QConfig& global,
+                 const QConfigOverrides& overrides = {}, March march = March::bayes);
+
+/// Sets every FakeQuantize of `model` to `state` and the other modules to training mode
+/// (QAT) or eval mode (CALIBRATION, VALIDATION: batch norm uses running statistics, dropout
+/// is off). Throws if the model was not prepared.
+void set_fake_quantize(torch::nn::Module& model, FakeQuantState state);
+
+/// What load_observer_params did. Entries are state names ("conv1.output_fake_quant.scale").
+struct LoadReport {
+  std::vector<std::string> copied;
+  /// In `to` but not in `from`: left as they were.
+  std::vector<std::string> missing;
+  /// In `from` but not in `to`: ignored.
+  std::vector<std::string> unexpected;
+  /// In both with incompatible shapes/dtypes: left as they were.
+  std::vector<std::string> mismatched;
+  bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
+  std::string str() const;
+};
+
+/// Copies every fake-quant / observer state entry (buffers and learned parameters such as the
+/// lsq scale or pact alpha) from `from` to `to` by name. A calibrated scale becomes the
+/// initial value of `to`'s scale. Never throws on a mismatch: it reports it.
+LoadReport load_observer_params(torch::nn::Module& from, torch::nn::Module& to);
+
+/// Copies every float parameter and buffer (not fake-quant state) from `from` to `to` by
+/// name, to build a fresh QAT model from a trained float model (step 7). Throws on a missing
+/// or mismatched entry, naming it.
+void copy_float_state(torch::nn::Module& from, torch::nn::Module& to);
+
+/// One row of check_qconfig.
+struct QuantPointInfo {
+  std::string name;       ///< module path
+  std::string type_name;  ///< calq::nn type, or the C++ type of a foreign module
+  std::string weight;     ///< "method/observer spec" or "float"; "" without a weight
+  std::string output;     ///< "method/observer spec", "float", or "pass-through"
+  bool foreign = false;   ///< not a calq::nn module: computes in float, unquantized
+  bool unfused = false;   ///< a Conv-BN block not yet fused
+};
+
+/// Every module with its quantization, the "check_qconfig" of the original plugin.
+std::vector<QuantPointInfo> check_qconfig(torch::nn::Module& model);
+/// check_qconfig as an aligned text table.
+std::string format_qconfig_table(const std::vector<QuantPointInfo>& rows);
+
+/// Step 3-4: CALIBRATION state, then forwards every batch without gradients. `model` is a
+/// holder with forward(Tensor). Leaves the model in CALIBRATION state.
+template <typename ModelHolder, typename Batches>
+void calibrate(ModelHolder& model, const Batches& batches) {
+  set_fake_quantize(*model, FakeQuantState::CALIBRATION);
+  torch::NoGradGuard no_grad;
+  int64_t count = 0;
+  for (const auto& batch : batches) {
+    model->forward(batch);
+    ++count;
+  }
+  TORCH_CHECK(count > 0, "calibrate: no calibration batches were given; pass at least one");
+}
+
+}  // namespace calq

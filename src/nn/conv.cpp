@@ -1,0 +1,105 @@
+#include "calq/nn/conv.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace calq {
+namespace nn {
+namespace detail {
+
+ConvBlockImpl::ConvBlockImpl(std::string type_name, Conv2dOptions conv_options, bool with_bn,
+                             Activation activation)
+    : QuantModuleImpl(std::move(type_name)), activation_(activation) {
+  TORCH_CHECK(c10::get_if<torch::ExpandingArray<2>>(&conv_options.padding()) != nullptr,
+              this->type_name(), ": padding must be explicit numbers (kSame/kValid are not ",
+              "supported by the quantized convolution)");
+  TORCH_CHECK(c10::get_if<torch::enumtype::kZeros>(&conv_options.padding_mode()) != nullptr,
+              this->type_name(), ": padding_mode must be zeros, as on the accelerator");
+  const int64_t out_channels = conv_options.out_channels();
+  conv = register_module("conv", torch::nn::Conv2d(std::move(conv_options)));
+  if (with_bn) {
+    bn = register_module("bn", torch::nn::BatchNorm2d(BatchNorm2dOptions(out_channels)));
+  }
+}
+
+at::Tensor ConvBlockImpl::conv_with(const at::Tensor& x, const at::Tensor& weight,
+                                    const at::Tensor& bias) const {
+  const auto& o = conv->options;
+  const auto& padding = c10::get<torch::ExpandingArray<2>>(o.padding());
+  return at::conv2d(x, weight, bias, *o.stride(), *padding, *o.dilation(), o.groups());
+}
+
+at::Tensor ConvBlockImpl::activate(const at::Tensor& y) const {
+  switch (activation_) {
+    case Activation::none:
+      return y;
+    case Activation::relu:
+      return at::relu(y);
+    case Activation::relu6:
+      return at::hardtanh(y, 0.0, 6.0);
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown activation");
+}
+
+void ConvBlockImpl::fuse() {
+  if (has_bn()) fused_ = true;
+}
+
+void ConvBlockImpl::prepare(const QConfig& resolved) {
+  TORCH_CHECK(!has_bn() || fused_, type_name(),
+              " is not fused: call calq::fuse(model) before prepare_qat so that the weight is ",
+              "quantized after batch-norm folding, as the accelerator runs it");
+  QuantModuleImpl::prepare(resolved);
+}
+
+std::pair<at::Tensor, at::Tensor> ConvBlockImpl::folded_weight_and_bias() const {
+  const at::Tensor& weight = conv->weight;
+  at::Tensor bias =
+      conv->bias.defined() ? conv->bias : at::zeros({weight.size(0)}, weight.options());
+  if (!has_bn()) return {weight, bias};
+  const at::Tensor inv_std = at::rsqrt(bn->running_var + bn->options.eps());
+  const at::Tensor gamma = bn->weight.defined() ? bn->weight : at::ones_like(inv_std);
+  const at::Tensor beta = bn->bias.defined() ? bn->bias : at::zeros_like(inv_std);
+  const at::Tensor factor = gamma * inv_std;
+  return {weight * factor.reshape({-1, 1, 1, 1}), beta + (bias - bn->running_mean) * factor};
+}
+
+at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
+  const bool batch_stats = is_training() && !bn_frozen_;
+  if (!batch_stats) {
+    // Exactly the deployed operator: one convolution with folded weight and bias.
+    auto folded = folded_weight_and_bias();
+    return conv_with(x, quantize_weight(folded.first), folded.second);
+  }
+  // Training: fake-quantize the weight folded with the running statistics, then undo the
+  // per-channel factor so batch norm can normalize with batch statistics (and update the
+  // running ones) as in float training. The division is exact in real arithmetic because
+  // the factor is per output channel.
+  const at::Tensor inv_std = at::rsqrt(bn->running_var + bn->options.eps());
+  const at::Tensor gamma = bn->weight.defined() ? bn->weight : at::ones_like(inv_std);
+  const at::Tensor factor = gamma * inv_std;
+  const at::Tensor weight = quantize_weight(conv->weight * factor.reshape({-1, 1, 1, 1}));
+  at::Tensor y = conv_with(x, weight, at::Tensor()) / factor.reshape({1, -1, 1, 1});
+  if (conv->bias.defined()) y = y + conv->bias.reshape({1, -1, 1, 1});
+  const auto& o = bn->options;
+  if (bn->num_batches_tracked.defined()) bn->num_batches_tracked.add_(1);  // as BatchNorm2d
+  return at::batch_norm(y, bn->weight, bn->bias, bn->running_mean, bn->running_var,
+                        /*training=*/true, o.momentum().value_or(0.1), o.eps(),
+                        /*cudnn_enabled=*/false);
+}
+
+at::Tensor ConvBlockImpl::forward(const at::Tensor& x) {
+  at::Tensor y;
+  if (!has_bn()) {
+    y = conv_with(x, quantize_weight(conv->weight), conv->bias);
+  } else if (!fused_) {
+    y = bn->forward(conv->forward(x));
+  } else {
+    y = forward_folded(x);
+  }
+  return quantize_output(activate(y));
+}
+
+}  // namespace detail
+}  // namespace nn
+}  // namespace calq

@@ -1,0 +1,21 @@
+#include "calq/nn/linear.h"
+
+#include <ATen/ATen.h>
+
+namespace calq {
+namespace nn {
+namespace detail {
+
+LinearBlockImpl::LinearBlockImpl(std::string type_name, LinearOptions options, bool relu)
+    : QuantModuleImpl(std::move(type_name)), relu_(relu) {
+  linear = register_module("linear", torch::nn::Linear(std::move(options)));
+}
+
+at::Tensor LinearBlockImpl::forward(const at::Tensor& x) {
+  at::Tensor y = at::linear(x, quantize_weight(linear->weight), linear->bias);
+  return quantize_output(relu_ ? at::relu(y) : y);
+}
+
+}  // namespace detail
+}  // namespace nn
+}  // namespace calq

@@ -1,0 +1,33 @@
+#include "calq/nn/quant_module.h"
+
+#include <c10/util/Exception.h>
+
+namespace calq {
+namespace nn {
+
+QuantModuleImpl::QuantModuleImpl(std::string type_name) : type_name_(std::move(type_name)) {}
+
+void QuantModuleImpl::prepare(const QConfig& resolved) {
+  TORCH_CHECK(!prepared_, type_name_, " is already prepared: prepare_qat may be called once per ",
+              "model; build a fresh model from the float one to prepare it again");
+  resolved.validate();
+  if (has_weight() && resolved.weight) {
+    weight_fake_quant_ = register_module("weight_fake_quant", resolved.weight->create());
+  }
+  if (is_quantization_point() && resolved.activation) {
+    output_fake_quant_ = register_module("output_fake_quant", resolved.activation->create());
+  }
+  resolved_qconfig_ = resolved;
+  prepared_ = true;
+}
+
+at::Tensor QuantModuleImpl::quantize_weight(const at::Tensor& weight) {
+  return weight_fake_quant_.is_empty() ? weight : weight_fake_quant_->forward(weight);
+}
+
+at::Tensor QuantModuleImpl::quantize_output(const at::Tensor& output) {
+  return output_fake_quant_.is_empty() ? output : output_fake_quant_->forward(output);
+}
+
+}  // namespace nn
+}  // namespace calq

@@ -1,0 +1,148 @@
+#include "calq/pipeline/training.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/optim/adam.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "calq/data/batches.h"
+#include "calq/util/atomic_file.h"
+#include "calq/util/progress.h"
+#include "calq/util/timer.h"
+#include "calq/workflow.h"
+
+namespace calq {
+namespace pipeline {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+void save_checkpoint(const std::string& path, zoo::ClassifierImpl& model,
+                     torch::optim::Adam& optimizer, int64_t finished_epochs) {
+  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
+  model.save(model_archive);
+  optimizer.save(optimizer_archive);
+  archive.write("model", model_archive);
+  archive.write("optimizer", optimizer_archive);
+  archive.write("finished_epochs", at::full({1}, finished_epochs, at::kLong));
+  util::save_archive_atomic(archive, path);
+}
+
+int64_t load_checkpoint(const std::string& path, zoo::ClassifierImpl& model,
+                        torch::optim::Adam& optimizer) {
+  torch::serialize::InputArchive archive, model_archive, optimizer_archive;
+  try {
+    archive.load_from(path);
+    archive.read("model", model_archive);
+    archive.read("optimizer", optimizer_archive);
+    model.load(model_archive);
+    optimizer.load(optimizer_archive);
+    at::Tensor finished;
+    archive.read("finished_epochs", finished);
+    return finished.item<int64_t>();
+  } catch (const c10::Error& error) {
+    TORCH_CHECK(false, "cannot resume from checkpoint '", path, "': it does not match this ",
+                "model or is corrupt (", error.what_without_backtrace(),
+                "); delete it to start over");
+  }
+}
+
+}  // namespace
+
+TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
+                  const TrainOptions& options) {
+  TORCH_CHECK(dataset.size() > 0, "train: the training set is empty");
+  TORCH_CHECK(options.epochs() >= 1, "train: epochs must be >= 1, got ", options.epochs());
+  TORCH_CHECK(options.batch_size() >= 1, "train: batch_size must be >= 1, got ",
+              options.batch_size());
+  TORCH_CHECK(std::isfinite(options.lr()) && options.lr() > 0, "train: lr must be finite and ",
+              "> 0, got ", options.lr());
+  torch::optim::Adam optimizer(model.parameters(), torch::optim::AdamOptions(options.lr()));
+
+  TrainResult result;
+  if (options.resume() && !options.checkpoint().empty() &&
+      std::filesystem::exists(options.checkpoint())) {
+    result.first_epoch = load_checkpoint(options.checkpoint(), model, optimizer);
+    TORCH_CHECK(result.first_epoch <= options.epochs(), "cannot resume from '",
+                options.checkpoint(), "': it finished ", result.first_epoch,
+                " epochs, more than the ", options.epochs(), " asked for");
+  }
+  const int64_t steps_per_epoch =
+      (dataset.size() + options.batch_size() - 1) / options.batch_size();
+  const int64_t total_steps = steps_per_epoch * options.epochs();
+  double seconds = 0.0;
+  for (int64_t epoch = result.first_epoch; epoch < options.epochs(); ++epoch) {
+    if (options.quantized()) {
+      set_fake_quantize(model, FakeQuantState::QAT);
+    } else {
+      model.train(true);
+    }
+    data::Batches batches(dataset, data::BatchOptions(options.batch_size())
+                                       .shuffle(true)
+                                       .seed(options.seed())
+                                       .epoch(static_cast<uint64_t>(epoch)));
+    util::Progress progress(options.label() + " epoch " + std::to_string(epoch + 1) + "/" +
+                                std::to_string(options.epochs()),
+                            dataset.size(), "img");
+    util::Timer timer;
+    double loss_sum = 0.0;
+    int64_t step = 0;
+    for (const data::Batch& batch : batches) {
+      if (options.cosine()) {
+        const double t = static_cast<double>(epoch * steps_per_epoch + step) / total_steps;
+        const double lr = options.lr() * 0.5 * (1.0 + std::cos(kPi * t));
+        for (auto& group : optimizer.param_groups()) {
+          static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+        }
+      }
+      optimizer.zero_grad();
+      at::Tensor loss = at::cross_entropy_loss(model.forward(batch.images), batch.labels);
+      const double value = loss.item<double>();
+      TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
+                  " at epoch ", epoch + 1, ", step ", step + 1,
+                  "; lower the learning rate or check the data");
+      loss.backward();
+      optimizer.step();
+      loss_sum += value;
+      ++step;
+      progress.advance(batch.size());
+    }
+    progress.finish();
+    seconds += timer.seconds();
+    result.final_loss = loss_sum / std::max<int64_t>(step, 1);
+    ++result.epochs_run;
+    if (!options.checkpoint().empty()) {
+      save_checkpoint(options.checkpoint(), model, optimizer, epoch + 1);
+    }
+  }
+  result.seconds_per_epoch = result.epochs_run > 0 ? seconds / result.epochs_run : 0.0;
+  return result;
+}
+
+double evaluate(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
+                int64_t batch_size, const std::string& label) {
+  TORCH_CHECK(dataset.size() > 0, "evaluate: the evaluation set is empty");
+  if (quantized) {
+    set_fake_quantize(model, FakeQuantState::VALIDATION);
+  } else {
+    model.eval();
+  }
+  torch::NoGradGuard no_grad;
+  int64_t correct = 0;
+  util::Progress progress(label, dataset.size(), "img");
+  for (const data::Batch& batch : data::Batches(dataset, data::BatchOptions(batch_size))) {
+    at::Tensor predicted = model.forward(batch.images).argmax(1);
+    correct += predicted.eq(batch.labels).sum().item<int64_t>();
+    progress.advance(batch.size());
+  }
+  progress.finish();
+  return 100.0 * static_cast<double>(correct) / static_cast<double>(dataset.size());
+}
+
+}  // namespace pipeline
+}  // namespace calq
