@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The one entry point for every benchmark suite.
+#
+#   bench/run.sh SUITE [--json FILE] [more flags for the suite's binary]
+#
+# Build folder: $CALQ_BUILD_DIR when set (the suite's target is built there if out of date);
+# otherwise <repo>/build, configured as Release and built first.
+# To add a suite: add bench/<suite>_bench.cpp (bench/CMakeLists.txt builds it as
+# calq_<suite>_bench) and a case below.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+valid_suites="kernels"
+
+usage() {
+  echo "usage: bench/run.sh SUITE [--json FILE] [suite flags]; valid suites: ${valid_suites}" >&2
+  exit 2
+}
+
+[[ $# -ge 1 ]] || usage
+suite="$1"
+shift
+
+case "${suite}" in
+  kernels)
+    # fake-quant kernels: calq vs ATen vs roofline, 1 thread and all threads
+    target="calq_kernels_bench"
+    ;;
+  -h | --help)
+    usage
+    ;;
+  *)
+    echo "bench/run.sh: unknown suite '${suite}'; valid suites: ${valid_suites}" >&2
+    exit 2
+    ;;
+esac
+
+jobs="${CALQ_BUILD_JOBS:-2}"
+if [[ -n "${CALQ_BUILD_DIR:-}" ]]; then
+  build="${CALQ_BUILD_DIR}"
+  [[ -f "${build}/CMakeCache.txt" ]] || {
+    echo "bench/run.sh: CALQ_BUILD_DIR=${build} is not a configured build folder" >&2
+    exit 2
+  }
+else
+  build="${root}/build"
+  cmake -S "${root}" -B "${build}" -DCMAKE_BUILD_TYPE=Release
+fi
+cmake --build "${build}" --target "${target}" -j "${jobs}"
+
+exec "${build}/bench/${target}" "$@"

@@ -1,0 +1,93 @@
+// compute_qparams and round_scale_to_power_of_two (eqs. 1 and 4).
+#include "calq/quant/qparams.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "quant/test_util.h"
+
+namespace calq {
+namespace {
+
+using test::same_values;
+using test::throws_with;
+
+at::Tensor t(const std::vector<double>& v) {
+  return torch::tensor(v, torch::kDouble);
+}
+
+TEST(Qparams, SymmetricDivisorIsHalfTheSteps) {
+  const auto [s8, z8] = compute_qparams(t({-2.0}), t({1.0}), QuantSpec());
+  EXPECT_EQ(s8.item<float>(), static_cast<float>(2.0 / 127.5));
+  EXPECT_EQ(z8.item<int32_t>(), 0);
+  EXPECT_EQ(s8.scalar_type(), at::kFloat);
+  EXPECT_EQ(z8.scalar_type(), at::kInt);
+  const auto s4 = compute_qparams(t({-1.0}), t({3.0}), QuantSpec(QuantDtype::qint4)).first;
+  EXPECT_EQ(s4.item<float>(), static_cast<float>(3.0 / 7.5));
+  const auto s16 = compute_qparams(t({-1.0}), t({3.0}), QuantSpec(QuantDtype::qint16)).first;
+  EXPECT_EQ(s16.item<float>(), static_cast<float>(3.0 / 32767.5));
+  // A quant range override changes the divisor: [-127, 127] -> 127.
+  const auto s127 = compute_qparams(t({-1.0}), t({1.0}), QuantSpec().quant_range(-127, 127));
+  EXPECT_EQ(s127.first.item<float>(), static_cast<float>(1.0 / 127.0));
+}
+
+TEST(Qparams, PerChannelAndFloor) {
+  const auto [scale, zp] =
+      compute_qparams(t({-1.0, 0.0, -0.5, 0.0}), t({0.5, 0.0, 2.0, 1e-12}), QuantSpec());
+  EXPECT_TRUE(same_values(
+      scale, torch::tensor({static_cast<float>(1.0 / 127.5), static_cast<float>(kMinScale),
+                            static_cast<float>(2.0 / 127.5), static_cast<float>(kMinScale)})));
+  EXPECT_TRUE(same_values(zp, torch::zeros({4}, torch::kInt)));
+  EXPECT_EQ(kMinScale, std::numeric_limits<float>::epsilon());
+}
+
+TEST(Qparams, PowerOfTwo) {
+  const QuantSpec spec = QuantSpec().power_of_two(true);
+  // 1 / 127.5 = 0.00784 -> 2^-7 = 0.0078125 is below, so 2^-6.
+  EXPECT_EQ(compute_qparams(t({-1.0}), t({1.0}), spec).first.item<float>(), 1.0f / 64);
+  // Already a power of two: unchanged (127.5 * 2^-5).
+  EXPECT_EQ(compute_qparams(t({-127.5 / 32}), t({0.0}), spec).first.item<float>(), 1.0f / 32);
+  EXPECT_TRUE(same_values(round_scale_to_power_of_two(torch::tensor({0.3f, 0.25f, 3.0f, 1e-30f})),
+                          torch::tensor({0.5f, 0.25f, 4.0f, std::ldexp(1.0f, -99)})));
+  EXPECT_TRUE(same_values(round_scale_to_power_of_two(torch::tensor({1e-300}, torch::kDouble)),
+                          torch::tensor({std::ldexp(1.0, -996)}, torch::kDouble)));
+  EXPECT_TRUE(throws_with([] { round_scale_to_power_of_two(torch::tensor({0.0f})); },
+                          "must be finite and positive"));
+}
+
+TEST(Qparams, AffineWidensToZero) {
+  const QuantSpec spec = QuantSpec().symmetric(false);
+  // [0.5, 2.0] widens to [0, 2]: scale 2 / 255, zero point -128 - round(0) = -128.
+  auto [scale, zp] = compute_qparams(t({0.5}), t({2.0}), spec);
+  EXPECT_EQ(scale.item<float>(), static_cast<float>(2.0 / 255));
+  EXPECT_EQ(zp.item<int32_t>(), -128);
+  // [-1, 3]: scale 4 / 255, zero point -128 - round(-1 / (4 / 255)) = -128 + 64 = -64.
+  std::tie(scale, zp) = compute_qparams(t({-1.0}), t({3.0}), spec);
+  EXPECT_EQ(scale.item<float>(), static_cast<float>(4.0 / 255));
+  EXPECT_EQ(zp.item<int32_t>(),
+            -128 - static_cast<int>(std::nearbyint(-1.0 / scale.item<float>())));
+  EXPECT_EQ(zp.item<int32_t>(), -64);
+}
+
+TEST(Qparams, Errors) {
+  constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_TRUE(
+      throws_with([&] { compute_qparams(t({kNaN}), t({1.0}), QuantSpec()); }, "is not finite"));
+  EXPECT_TRUE(throws_with([&] { compute_qparams(t({2.0}), t({1.0}), QuantSpec()); },
+                          "min_val (2) > max_val (1)"));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        compute_qparams(t({0.0, 1.0}), t({1.0}), QuantSpec());
+      },
+      "differs from max_val shape"));
+  EXPECT_TRUE(
+      throws_with([&] { compute_qparams(torch::zeros({1}, torch::kInt), t({1.0}), QuantSpec()); },
+                  "must be floating tensors"));
+}
+
+}  // namespace
+}  // namespace calq
