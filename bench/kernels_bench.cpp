@@ -20,6 +20,7 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "calq/quant/fake_quant.h"
@@ -183,7 +184,11 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  const int all_threads = at::get_num_threads();
+  // LibTorch defaults to one thread per physical core; "all threads" means every hardware
+  // thread the machine offers.
+  const int initial_threads = at::get_num_threads();
+  const int all_threads =
+      std::max(initial_threads, static_cast<int>(std::thread::hardware_concurrency()));
   std::vector<int> thread_counts = {1};
   if (all_threads > 1) {
     thread_counts.push_back(all_threads);
@@ -213,7 +218,7 @@ int main(int argc, char** argv) {
   }
   MedianCollector reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
-  at::set_num_threads(all_threads);
+  at::set_num_threads(initial_threads);
 
   nlohmann::json out;
   out["cases"] = nlohmann::json::array();
