@@ -1,0 +1,179 @@
+#include "calq/observers/observer.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/nn/module.h>
+
+#include <cmath>
+
+#include "calq/quant/qparams.h"
+
+namespace calq {
+namespace observers {
+
+ObserverImpl::ObserverImpl(std::string kind, ObserverOptions options)
+    : kind_(std::move(kind)), options_(std::move(options)) {
+  options_.spec().validate();
+  const QuantSpec& s = options_.spec();
+  TORCH_CHECK(!(s.per_channel() && options_.skip_nonfinite()), "observer '", kind_,
+              "': skip_nonfinite is supported per-tensor only (a per-channel observer cannot "
+              "drop single elements); got spec ",
+              s.str());
+  min_val_ = register_buffer("min_val", at::empty({0}, at::kFloat));
+  max_val_ = register_buffer("max_val", at::empty({0}, at::kFloat));
+  batches_ = register_buffer("batches", at::zeros({1}, at::kLong));
+  nonfinite_ = register_buffer("nonfinite", at::zeros({1}, at::kLong));
+}
+
+void ObserverImpl::assign(at::Tensor& buffer, const at::Tensor& value) {
+  at::NoGradGuard guard;
+  // A fresh contiguous copy: the buffer must never alias caller memory.
+  buffer.set_(value.detach().to(buffer.scalar_type()).contiguous().clone());
+}
+
+at::Tensor ObserverImpl::as_channels(const at::Tensor& x) const {
+  const QuantSpec& s = spec();
+  if (!s.per_channel()) {
+    return x.reshape({1, -1});
+  }
+  const int64_t axis = s.ch_axis() < 0 ? s.ch_axis() + x.dim() : s.ch_axis();
+  return x.movedim(axis, 0).reshape({x.size(axis), -1});
+}
+
+int64_t ObserverImpl::num_channels() const {
+  return min_val_.numel();
+}
+
+bool ObserverImpl::has_data() const {
+  return batches_seen() > 0;
+}
+int64_t ObserverImpl::batches_seen() const {
+  return batches_.item<int64_t>();
+}
+int64_t ObserverImpl::nonfinite_count() const {
+  return nonfinite_.item<int64_t>();
+}
+
+void ObserverImpl::update(const at::Tensor& input) {
+  at::NoGradGuard guard;
+  TORCH_CHECK(input.defined(), "observer '", kind_, "': update() got an undefined tensor");
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), "observer '", kind_,
+              "': update() needs a floating tensor, got ", input.scalar_type());
+  TORCH_CHECK(input.numel() > 0, "observer '", kind_, "': update() got an empty tensor of shape ",
+              input.sizes(), "; every batch needs at least one value");
+  at::Tensor x = input.detach();
+  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble) {
+    x = x.to(at::kFloat);
+  }
+  x = x.contiguous();
+  const QuantSpec& s = spec();
+  if (s.per_channel()) {
+    const int64_t axis = s.ch_axis() < 0 ? s.ch_axis() + x.dim() : s.ch_axis();
+    TORCH_CHECK(axis >= 0 && axis < x.dim(), "observer '", kind_, "': per-channel axis ",
+                s.ch_axis(), " is out of range for a tensor of shape ", x.sizes());
+    TORCH_CHECK(!has_data() || x.size(axis) == num_channels(), "observer '", kind_,
+                "': channel count changed from ", num_channels(), " to ", x.size(axis), " (axis ",
+                s.ch_axis(), " of shape ", x.sizes(), ")");
+  }
+
+  Batch batch;
+  batch.x = x;
+  auto minmax = [&](const at::Tensor& data) {
+    at::Tensor mn, mx;
+    if (s.per_channel()) {
+      std::tie(mn, mx) = at::aminmax(as_channels(data), 1);
+    } else {
+      std::tie(mn, mx) = at::aminmax(data);
+    }
+    batch.min_val = mn.reshape({-1}).to(at::kFloat);
+    batch.max_val = mx.reshape({-1}).to(at::kFloat);
+  };
+  minmax(x);
+  // aminmax propagates NaN and keeps +-Inf, so finite extremes mean finite data.
+  const bool finite = at::isfinite(batch.min_val).all().item<bool>() &&
+                      at::isfinite(batch.max_val).all().item<bool>();
+  if (!finite) {
+    const at::Tensor mask = at::isfinite(x);
+    const int64_t bad = x.numel() - mask.sum().item<int64_t>();
+    TORCH_CHECK(options_.skip_nonfinite(), "observer '", kind_, "': batch of shape ", x.sizes(),
+                " contains ", bad,
+                " non-finite value(s) (NaN or Inf); clean the data or set "
+                "skip_nonfinite to drop and count them");
+    nonfinite_.add_(bad);
+    if (bad == x.numel()) {
+      return;
+    }
+    batch.x = x.masked_select(mask);
+    minmax(batch.x);
+  }
+  update_impl(batch);
+  batches_.add_(1);
+}
+
+std::pair<at::Tensor, at::Tensor> ObserverImpl::qparams() const {
+  TORCH_CHECK(has_data() || !needs_data(), "observer '", kind_,
+              "': qparams() called before any data; feed at least one batch with update() "
+              "(or load a calibrated state) first");
+  return qparams_impl();
+}
+
+std::pair<at::Tensor, at::Tensor> ObserverImpl::range() const {
+  TORCH_CHECK(min_val_.numel() > 0, "observer '", kind_,
+              "': range() called before any data; feed at least one batch with update() first");
+  return {min_val_.clone(), max_val_.clone()};
+}
+
+std::pair<at::Tensor, at::Tensor> ObserverImpl::qparams_impl() const {
+  TORCH_CHECK(min_val_.numel() > 0, "observer '", kind_, "': state has batches = ", batches_seen(),
+              " but an empty min_val/max_val; the state was loaded from an "
+              "incompatible observer");
+  return compute_qparams(min_val_, max_val_, spec());
+}
+
+void ObserverImpl::merge(const ObserverImpl& other) {
+  at::NoGradGuard guard;
+  TORCH_CHECK(other.kind_ == kind_, "observer merge: kinds differ ('", kind_, "' vs '", other.kind_,
+              "'); only observers of the same kind merge");
+  TORCH_CHECK(other.spec() == spec(), "observer '", kind_, "' merge: specs differ (", spec().str(),
+              " vs ", other.spec().str(), ")");
+  TORCH_CHECK(other.config() == config(), "observer '", kind_, "' merge: configurations differ (",
+              config().dump(), " vs ", other.config().dump(), ")");
+  if (!other.has_data()) {
+    nonfinite_.add_(other.nonfinite_);
+    return;
+  }
+  if (has_data()) {
+    TORCH_CHECK(other.num_channels() == num_channels(), "observer '", kind_,
+                "' merge: channel counts differ (", num_channels(), " vs ", other.num_channels(),
+                ")");
+    merge_impl(other);
+  } else {
+    // Copy every buffer: this observer becomes `other`.
+    auto mine = named_buffers(/*recurse=*/true);
+    auto theirs = other.named_buffers(/*recurse=*/true);
+    for (auto& item : mine) {
+      const at::Tensor* src = theirs.find(item.key());
+      TORCH_INTERNAL_ASSERT(src != nullptr, "buffer ", item.key(), " missing in merge source");
+      assign(item.value(), *src);
+    }
+    return;
+  }
+  batches_.add_(other.batches_);
+  nonfinite_.add_(other.nonfinite_);
+}
+
+void ObserverImpl::pretty_print(std::ostream& stream) const {
+  stream << "calq::observers::Observer(" << kind_ << ", " << spec().str()
+         << ", config=" << config().dump() << ", batches=" << batches_seen() << ")";
+}
+
+void check_averaging_constant(const std::string& kind, double averaging_constant) {
+  TORCH_CHECK(
+      std::isfinite(averaging_constant) && averaging_constant >= 0.0 && averaging_constant <= 1.0,
+      "observer '", kind, "': averaging_constant = ", averaging_constant,
+      " is invalid; it must lie in [0, 1] (0 freezes after the first batch, 1 keeps the "
+      "latest batch)");
+}
+
+}  // namespace observers
+}  // namespace calq

@@ -1,12 +1,16 @@
 #pragma once
-// Observer: statistics of a tensor stream -> scale and zero point (docs/quantization.md,
-// section 2). Observers are torch::nn::Modules so their state (buffers) is part of a model's
-// saved state; their parameters (percentile, bins, ...) are configuration, fixed at
-// construction.
+// Observer: statistics of a tensor stream -> a range -> scale and zero point
+// (docs/observers.md; semantics section 2). Observers are torch::nn::Modules whose state lives
+// in buffers, so torch::save / torch::load of a model round-trips it bit for bit; their
+// parameters (percentile, bins, ...) are configuration fixed at construction.
 
+#include <torch/arg.h>
 #include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <nlohmann/json.hpp>
 
 #include <memory>
+#include <ostream>
 #include <string>
 #include <utility>
 
@@ -18,39 +22,56 @@ namespace observers {
 /// Options shared by every observer.
 struct ObserverOptions {
   /* implicit */ ObserverOptions(QuantSpec spec = QuantSpec()) : spec_(std::move(spec)) {}
-  /// Quantization grid the qparams are computed for.
+  /// Quantization grid the qparams are computed for (dtype, per-channel axis, rounding,
+  /// power-of-two, symmetric). Default: per-tensor symmetric qint8.
   TORCH_ARG(QuantSpec, spec);
-  /// Running min/max: v <- v + c * (cur - v); the first batch sets v. In [0, 1].
-  /// Default 0.01 (some observers override, e.g. clip uses 1.0).
-  TORCH_ARG(double, averaging_constant) = 0.01;
-  /// Non-finite values (NaN, +-Inf) in a batch: false (default) -> error naming the
-  /// observer; true -> skipped and counted in nonfinite_count().
+  /// Non-finite values (NaN, +-Inf) in a batch: false (default) -> update() throws, naming the
+  /// observer; true -> they are dropped and counted in nonfinite_count(). Per-tensor only
+  /// (a per-channel observer cannot drop single elements without changing its channel shape).
   TORCH_ARG(bool, skip_nonfinite) = false;
 };
 
-/// Base class of the eight observers. Not thread-safe; one per quantization point.
+/// Base class of the eight observers (registry.h lists them).
+///
+/// State (buffers, every one a defined tensor from construction on so torch::load can fill
+/// it in place; names are the contract of load_observer_params):
+///   "min_val", "max_val": float32 {1} or {C} (per-channel), empty {0} before data. The range
+///       the qparams are computed from, i.e. the observer's result (for histogram observers the
+///       clipped threshold range, for min_max the running min/max).
+///   "batches": int64 {1}, batches seen.  "nonfinite": int64 {1}, non-finite values skipped.
+/// Subclasses add their own buffers. Not thread-safe; one observer per quantization point.
 class ObserverImpl : public torch::nn::Module {
  public:
   /// `kind` is the registry name ("min_max", "percentile", ...).
   ObserverImpl(std::string kind, ObserverOptions options);
   ~ObserverImpl() override = default;
 
-  /// Accumulates one batch. x: floating, any shape (per-channel: dim > ch_axis). Throws on
-  /// non-finite data unless skip_nonfinite, on an empty tensor, or on a channel-count change.
+  /// Accumulates one batch (the tensor is read, never kept; gradients are not tracked).
+  /// x: float32/float64 (other floating types are converted), any shape with at least one
+  /// element; per-channel: x.dim() > ch_axis and the channel count must stay the same.
+  /// Non-finite values throw (naming the observer and the batch's min/max) unless
+  /// skip_nonfinite; a batch that is entirely non-finite and skipped counts as no batch.
   void update(const at::Tensor& x);
 
-  /// Scale (float32) and zero_point (int32) shaped {1} or {C}. Throws if no data was seen
-  /// (except fixed_scale).
+  /// Scale (float32) and zero_point (int32) shaped {1} (per-tensor) or {C} (per-channel),
+  /// from compute_qparams(min_val, max_val, spec). Throws if no data was seen (except
+  /// fixed_scale, which never needs data). All-zero or constant data gives a finite scale.
   std::pair<at::Tensor, at::Tensor> qparams() const;
 
-  /// Makes this observer equal to one that saw this observer's stream and then `other`'s.
-  /// Exact for min/max and histogram counts when averaging_constant is 1 for the running
-  /// min/max... see each observer's note. Throws if kinds or configurations differ.
+  /// The result range (min_val, max_val) the qparams come from; throws without data.
+  std::pair<at::Tensor, at::Tensor> range() const;
+
+  /// Makes this observer equal to one that saw this observer's batches and then `other`'s.
+  /// Counts (batches, nonfinite, histograms) and exact minima/maxima merge exactly; running
+  /// averages follow the closed form in running_range.h (exact up to float rounding).
+  /// Throws if the kinds, configurations or channel counts differ. Merging an observer
+  /// without data is a no-op; merging into one without data copies `other`.
   void merge(const ObserverImpl& other);
 
   /// True once update() saw at least one batch (restored by load).
   bool has_data() const;
-  /// Number of batches seen and non-finite values skipped (restored by load).
+  /// True when qparams() can be called: has_data(), or an observer that needs no data.
+  bool ready() const { return has_data() || !needs_data(); }
   int64_t batches_seen() const;
   int64_t nonfinite_count() const;
 
@@ -58,32 +79,51 @@ class ObserverImpl : public torch::nn::Module {
   const ObserverOptions& options() const { return options_; }
   const QuantSpec& spec() const { return options_.spec(); }
 
+  /// The keyword arguments that rebuild this observer's configuration through make_observer
+  /// (observer-specific keys only; spec and skip_nonfinite are separate).
+  virtual nlohmann::json config() const = 0;
+
   /// A new observer of the same kind and configuration, without data.
   virtual std::shared_ptr<ObserverImpl> clone_empty() const = 0;
 
   void pretty_print(std::ostream& stream) const override;
 
  protected:
-  /// Called with finite data only (non-finite values removed or rejected already).
-  virtual void update_impl(const at::Tensor& x) = 0;
-  virtual std::pair<at::Tensor, at::Tensor> qparams_impl() const = 0;
+  /// Batch statistics computed once by update() and handed to update_impl.
+  struct Batch {
+    at::Tensor x;        ///< finite data, contiguous, float32 or float64
+    at::Tensor min_val;  ///< float32 {1} or {C}
+    at::Tensor max_val;  ///< float32 {1} or {C}
+  };
+  /// Accumulates a batch; batches_seen() still counts the earlier batches only.
+  virtual void update_impl(const Batch& batch) = 0;
+  /// Merges `other` (same kind and configuration, has data) into this (has data).
   virtual void merge_impl(const ObserverImpl& other) = 0;
+  /// Default: compute_qparams(min_val, max_val, spec).
+  virtual std::pair<at::Tensor, at::Tensor> qparams_impl() const;
   /// Whether qparams() needs data (false only for fixed_scale).
   virtual bool needs_data() const { return true; }
 
+  /// Replaces a buffer's contents in place (never rebinding, so the registered buffer and
+  /// the member stay one tensor).
+  static void assign(at::Tensor& buffer, const at::Tensor& value);
+  /// x viewed as {C, N} along the spec's channel axis (per-channel) or {1, N}.
+  at::Tensor as_channels(const at::Tensor& x) const;
+  /// Number of scales: 1, or C once per-channel data was seen (0 before).
+  int64_t num_channels() const;
+
   std::string kind_;
   ObserverOptions options_;
-  at::Tensor batches_;   ///< int64 {1}: batches seen.
-  at::Tensor nonfinite_; ///< int64 {1}: non-finite values skipped.
+  at::Tensor min_val_;
+  at::Tensor max_val_;
+  at::Tensor batches_;
+  at::Tensor nonfinite_;
 };
 
 TORCH_MODULE(Observer);
 
-/// Builds an observer by registry name ("min_max", "fixed_scale", "clip", "percentile",
-/// "clip_std", "mse", "kl", "mix") with keyword arguments (e.g. {"percentile": 99.9}).
-/// Unknown names or keywords throw and list the valid ones.
-Observer make_observer(const std::string& name, const QuantSpec& spec,
-                       const nlohmann::json& kwargs);
+/// An averaging constant check shared by the running-range observers: c in [0, 1].
+void check_averaging_constant(const std::string& kind, double averaging_constant);
 
 }  // namespace observers
 }  // namespace calq

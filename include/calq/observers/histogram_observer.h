@@ -1,0 +1,50 @@
+#pragma once
+// Shared base of the histogram observers (percentile, kl, mix): accumulation, merge and the
+// result range; each subclass only supplies its threshold rule (histogram.h).
+
+#include "calq/observers/histogram.h"
+#include "calq/observers/observer.h"
+
+namespace calq {
+namespace observers {
+
+/// Accumulates every batch into one AbsHistogram (histogram.h: exact, range grows by powers
+/// of two). The result range is [max(data_min, -t), min(data_max, t)] with t the subclass's
+/// threshold, refreshed after each update for which refresh_due() holds and after merges;
+/// averaging_constant does not apply (the histogram holds the whole stream). Per-tensor only.
+///
+/// Extra buffers: "histogram" (float64 {bins}, empty {0} before data), "hist_range"
+/// (float64 {1}), "data_min" / "data_max" (float32 {1}, exact extremes, empty before data).
+class HistogramObserverImpl : public ObserverImpl {
+ public:
+  HistogramObserverImpl(std::string kind, ObserverOptions options, int64_t bins);
+
+  int64_t bins() const { return bins_; }
+  /// The collected histogram (a copy), for evaluating other rules on the same data
+  /// (percentile_threshold, kl_threshold, mse_threshold, mix_threshold). Throws without data.
+  AbsHistogram histogram() const;
+  /// The current clipping threshold t (>= 0). Throws without data.
+  double threshold() const;
+  /// Recomputes the result range from the histogram now (e.g. a kl observer between its
+  /// update_interval points).
+  void refresh();
+
+ protected:
+  /// The subclass's rule, on a non-empty histogram.
+  virtual double compute_threshold(const AbsHistogram& h) const = 0;
+  /// Whether the update that makes `batches` batches refreshes the range. Default: always.
+  virtual bool refresh_due(int64_t batches) const { return true; }
+
+  void update_impl(const Batch& batch) final;
+  void merge_impl(const ObserverImpl& other) final;
+
+  int64_t bins_;
+  at::Tensor histogram_;
+  at::Tensor hist_range_;
+  at::Tensor data_min_;
+  at::Tensor data_max_;
+  at::Tensor threshold_;
+};
+
+}  // namespace observers
+}  // namespace calq

@@ -1,0 +1,37 @@
+#include "calq/observers/fixed_scale.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace calq {
+namespace observers {
+
+FixedScaleObserverImpl::FixedScaleObserverImpl(ObserverOptions common,
+                                               FixedScaleObserverOptions options)
+    : ObserverImpl("fixed_scale", std::move(common)), fixed_options_(options) {
+  TORCH_CHECK(std::isfinite(options.scale()) && options.scale() > 0.0,
+              "observer 'fixed_scale': scale = ", options.scale(),
+              " is invalid; it must be finite and > 0");
+  TORCH_CHECK(!spec().per_channel(), "observer 'fixed_scale' is per-tensor only; got spec ",
+              spec().str());
+  const double half_steps = static_cast<double>(spec().quant_max() - spec().quant_min()) / 2.0;
+  assign(min_val_, at::full({1}, -options.scale() * half_steps, at::kFloat));
+  assign(max_val_, at::full({1}, options.scale() * half_steps, at::kFloat));
+}
+
+nlohmann::json FixedScaleObserverImpl::config() const {
+  return {{"scale", fixed_options_.scale()}};
+}
+
+std::shared_ptr<ObserverImpl> FixedScaleObserverImpl::clone_empty() const {
+  return std::make_shared<FixedScaleObserverImpl>(options_, fixed_options_);
+}
+
+std::pair<at::Tensor, at::Tensor> FixedScaleObserverImpl::qparams_impl() const {
+  return {at::full({1}, fixed_options_.scale(), at::kFloat), at::zeros({1}, at::kInt)};
+}
+
+}  // namespace observers
+}  // namespace calq

@@ -1,0 +1,81 @@
+#include "calq/observers/histogram_observer.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace calq {
+namespace observers {
+
+HistogramObserverImpl::HistogramObserverImpl(std::string kind, ObserverOptions options,
+                                             int64_t bins)
+    : ObserverImpl(std::move(kind), std::move(options)), bins_(bins) {
+  TORCH_CHECK(bins_ >= 2, "observer '", kind_, "': bins = ", bins_,
+              " is invalid; a histogram needs at least 2 bins");
+  TORCH_CHECK(!spec().per_channel(), "observer '", kind_,
+              "' is per-tensor only (one histogram per tensor); got spec ", spec().str(),
+              ". Use min_max, clip, clip_std or mse for per-channel weights");
+  histogram_ = register_buffer("histogram", at::empty({0}, at::kDouble));
+  hist_range_ = register_buffer("hist_range", at::zeros({1}, at::kDouble));
+  data_min_ = register_buffer("data_min", at::empty({0}, at::kFloat));
+  data_max_ = register_buffer("data_max", at::empty({0}, at::kFloat));
+  threshold_ = register_buffer("threshold", at::empty({0}, at::kDouble));
+}
+
+AbsHistogram HistogramObserverImpl::histogram() const {
+  TORCH_CHECK(histogram_.numel() == bins_, "observer '", kind_,
+              "': no histogram yet; feed at least one batch with update() first");
+  AbsHistogram h;
+  h.counts = histogram_.clone();
+  h.range = hist_range_.item<double>();
+  h.max_abs = std::max(std::abs(data_min_.item<double>()), std::abs(data_max_.item<double>()));
+  return h;
+}
+
+double HistogramObserverImpl::threshold() const {
+  TORCH_CHECK(threshold_.numel() == 1, "observer '", kind_,
+              "': no threshold yet; feed at least one batch with update() first");
+  return threshold_.item<double>();
+}
+
+void HistogramObserverImpl::refresh() {
+  at::NoGradGuard guard;
+  const double t = compute_threshold(histogram());
+  assign(threshold_, at::full({1}, t, at::kDouble));
+  assign(min_val_, at::maximum(data_min_, at::full({1}, -t, at::kFloat)));
+  assign(max_val_, at::minimum(data_max_, at::full({1}, t, at::kFloat)));
+}
+
+void HistogramObserverImpl::update_impl(const Batch& batch) {
+  const bool first = histogram_.numel() == 0;
+  const at::Tensor lo = first ? batch.min_val : at::minimum(data_min_, batch.min_val);
+  const at::Tensor hi = first ? batch.max_val : at::maximum(data_max_, batch.max_val);
+  const double max_abs = std::max(std::abs(lo.item<double>()), std::abs(hi.item<double>()));
+  const double range = first ? 0.0 : hist_range_.item<double>();
+  const double new_range = std::max(range, histogram_range_for(max_abs));
+  at::Tensor counts =
+      first ? at::zeros({bins_}, at::kDouble) : widen_histogram(histogram_, range, new_range);
+  accumulate_abs_histogram(counts, new_range, batch.x);
+  assign(histogram_, counts);
+  assign(hist_range_, at::full({1}, new_range, at::kDouble));
+  assign(data_min_, lo);
+  assign(data_max_, hi);
+  if (first || refresh_due(batches_seen() + 1)) {
+    refresh();
+  }
+}
+
+void HistogramObserverImpl::merge_impl(const ObserverImpl& other_base) {
+  const auto& other = static_cast<const HistogramObserverImpl&>(other_base);
+  const AbsHistogram merged = merge_histograms(histogram(), other.histogram());
+  assign(histogram_, merged.counts);
+  assign(hist_range_, at::full({1}, merged.range, at::kDouble));
+  assign(data_min_, at::minimum(data_min_, other.data_min_));
+  assign(data_max_, at::maximum(data_max_, other.data_max_));
+  refresh();
+}
+
+}  // namespace observers
+}  // namespace calq

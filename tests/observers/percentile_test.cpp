@@ -1,0 +1,183 @@
+// percentile observer and the shared histogram machinery (histogram.h).
+
+#include "calq/observers/percentile.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "calq/observers/histogram.h"
+#include "calq/observers/registry.h"
+#include "calq/quant/qparams.h"
+#include "observers/observer_test_util.h"
+
+namespace calq {
+namespace observers {
+namespace {
+
+using testing::value;
+
+AbsHistogram make_hist(std::vector<double> counts, double range, double max_abs) {
+  AbsHistogram h;
+  h.counts = torch::tensor(counts, torch::kDouble);
+  h.range = range;
+  h.max_abs = max_abs;
+  return h;
+}
+
+TEST(Histogram, RangeIsNextPowerOfTwo) {
+  EXPECT_EQ(histogram_range_for(0.0), 0.0);
+  EXPECT_EQ(histogram_range_for(4.0), 4.0);
+  EXPECT_EQ(histogram_range_for(4.5), 8.0);
+  EXPECT_EQ(histogram_range_for(0.3), 0.5);
+}
+
+TEST(Histogram, RightClosedBinsByHand) {
+  // range 4, 4 bins of width 1: (0,1] -> 0, (1,2] -> 1, ...; 0 -> bin 0; |x| is binned.
+  at::Tensor counts = torch::zeros({4}, torch::kDouble);
+  accumulate_abs_histogram(counts, 4.0,
+                           torch::tensor({0.0f, 1.0f, 1.5f, -2.0f, 2.5f, 4.0f, -3.9f}));
+  EXPECT_TRUE(at::equal(counts, torch::tensor({2.0, 2.0, 1.0, 2.0}, torch::kDouble)));
+}
+
+TEST(Histogram, KernelMatchesReferenceOverSizesAndBins) {
+  torch::manual_seed(1);
+  for (int64_t bins : {2, 7, 256, 2048}) {
+    for (int64_t n : {1, 2, 5, 8, 9, 16, 20, 28, 32, 33, 100000}) {
+      const at::Tensor x = torch::randn({n}) * 3;
+      const double range = histogram_range_for(x.abs().max().item<double>());
+      at::Tensor fast = torch::zeros({bins}, torch::kDouble);
+      at::Tensor ref = torch::zeros({bins}, torch::kDouble);
+      accumulate_abs_histogram(fast, range, x);
+      accumulate_abs_histogram_ref(ref, range, x);
+      EXPECT_TRUE(at::equal(fast, ref)) << "bins " << bins << " n " << n;
+      EXPECT_EQ(fast.sum().item<double>(), static_cast<double>(n));
+    }
+  }
+}
+
+TEST(Histogram, WideningEqualsDirectBinning) {
+  torch::manual_seed(2);
+  const at::Tensor small = torch::randn({5000}), large = torch::randn({5000}) * 37;
+  for (int64_t bins : {2048, 1000, 3}) {
+    const double r1 = histogram_range_for(small.abs().max().item<double>());
+    const double r2 = histogram_range_for(large.abs().max().item<double>());
+    at::Tensor grown = torch::zeros({bins}, torch::kDouble);
+    accumulate_abs_histogram(grown, r1, small);
+    grown = widen_histogram(grown, r1, r2);
+    accumulate_abs_histogram(grown, r2, large);
+    at::Tensor direct = torch::zeros({bins}, torch::kDouble);
+    accumulate_abs_histogram_ref(direct, r2, torch::cat({small, large}));
+    EXPECT_TRUE(at::equal(grown, direct)) << bins;
+  }
+  // Powers of two on the edges: 2.0 is in the last bin of range 2, and in bin 1 (of 4) after
+  // doubling to 4, as direct binning puts it.
+  at::Tensor c = torch::zeros({4}, torch::kDouble);
+  accumulate_abs_histogram(c, 2.0, torch::tensor({2.0f}));
+  EXPECT_TRUE(
+      at::equal(widen_histogram(c, 2.0, 4.0), torch::tensor({0.0, 1.0, 0.0, 0.0}, torch::kDouble)));
+  EXPECT_THROW_WITH(widen_histogram(c, 2.0, 3.0), "power of two");
+}
+
+TEST(Histogram, PercentileByHand) {
+  // 10 values: counts 5, 3, 0, 2 over range 4 (width 1), max 3.5.
+  const AbsHistogram h = make_hist({5, 3, 0, 2}, 4.0, 3.5);
+  EXPECT_DOUBLE_EQ(percentile_threshold(h, 50), 0.5);  // 5 of 10 reached in bin 0
+  EXPECT_DOUBLE_EQ(percentile_threshold(h, 51), 1.5);
+  EXPECT_DOUBLE_EQ(percentile_threshold(h, 80), 1.5);     // 8 of 10 in bin 1
+  EXPECT_DOUBLE_EQ(percentile_threshold(h, 80.01), 3.5);  // bin 3 centre 3.5 = max
+  EXPECT_DOUBLE_EQ(percentile_threshold(h, 100), 3.5);
+  // Clamped to max|x|: max 3.2 < bin centre 3.5.
+  EXPECT_DOUBLE_EQ(percentile_threshold(make_hist({5, 3, 0, 2}, 4.0, 3.2), 100), 3.2);
+  // 99.99 of 10000: the 9999th value; decimal percentiles are matched with tolerance.
+  std::vector<double> counts(4, 0.0);
+  counts[0] = 9999;
+  counts[3] = 1;
+  EXPECT_DOUBLE_EQ(percentile_threshold(make_hist(counts, 4.0, 4.0), 99.99), 0.5);
+  EXPECT_THROW_WITH(percentile_threshold(h, 0.0), "percentile = 0");
+  EXPECT_THROW_WITH(percentile_threshold(h, 100.5), "(0, 100]");
+}
+
+TEST(PercentileObserver, ThresholdOnKnownData) {
+  // 1..1000 (step 1): range 1024, 1024 bins of width 1, value v in bin v - 1.
+  Observer obs = make_observer("percentile", QuantSpec(), {{"percentile", 99.0}, {"bins", 1024}});
+  obs->update(torch::arange(1, 1001, torch::kFloat));
+  // 990 values (99%) are reached at value 990 -> bin 989, centre 989.5.
+  EXPECT_DOUBLE_EQ(static_cast<PercentileObserverImpl&>(*obs).threshold(), 989.5);
+  EXPECT_FLOAT_EQ(value(obs->qparams().first), 989.5f / 127.5f);
+  auto r = obs->range();
+  EXPECT_EQ(value(r.first), 1.0);  // data_min 1 > -989.5
+  EXPECT_EQ(value(r.second), 989.5);
+}
+
+TEST(PercentileObserver, AccumulatesAcrossRangesAndMergesExactly) {
+  torch::manual_seed(3);
+  std::vector<at::Tensor> a_batches = {torch::randn({1000}), torch::randn({1000}) * 10};
+  std::vector<at::Tensor> b_batches = {torch::randn({1000}) * 0.1, torch::randn({1000}) * 100};
+  auto make = [] { return make_observer("percentile", QuantSpec(), {{"percentile", 99.9}}); };
+  Observer a = make(), b = make(), seq = make();
+  for (auto& x : a_batches) a->update(x), seq->update(x);
+  for (auto& x : b_batches) b->update(x), seq->update(x);
+  a->merge(*b);
+  testing::expect_same_state(*a, *seq);
+  // Counts were never lost: the histogram equals direct binning of everything.
+  auto& h = static_cast<PercentileObserverImpl&>(*seq);
+  const AbsHistogram hist = h.histogram();
+  at::Tensor direct = torch::zeros({2048}, torch::kDouble);
+  at::Tensor all = torch::cat({a_batches[0], a_batches[1], b_batches[0], b_batches[1]});
+  accumulate_abs_histogram_ref(direct, hist.range, all);
+  EXPECT_TRUE(at::equal(hist.counts, direct));
+  // Threshold within one bin width of the exact quantile (docs/observers.md bound).
+  const double exact = std::get<0>(all.abs().sort()).index({3996 - 1}).item<double>();
+  EXPECT_LE(std::abs(h.threshold() - exact), hist.bin_width());
+}
+
+TEST(PercentileObserver, OtherRulesOnTheCollectedHistogram) {
+  Observer obs = make_observer("percentile", QuantSpec(), {});
+  obs->update(torch::arange(1, 1001, torch::kFloat));
+  const AbsHistogram h = static_cast<PercentileObserverImpl&>(*obs).histogram();
+  // Same data, another percentile, without running the data again: width 1024/2048 = 0.5,
+  // value v in bin 2v - 1; 500 values reached at v = 500 -> bin 999, centre 499.75.
+  EXPECT_DOUBLE_EQ(percentile_threshold(h, 50), 499.75);
+  EXPECT_GT(kl_threshold(h, 128), 0.0);
+  EXPECT_GT(mse_threshold(h, QuantSpec()), 0.0);
+  EXPECT_GT(mix_threshold(h, QuantSpec(), {99.0, 99.9}), 0.0);
+}
+
+TEST(PercentileObserver, SaveLoadRoundTripsBitForBit) {
+  Observer obs = make_observer("percentile", QuantSpec(), {});
+  obs->update(torch::randn({3000}));
+  obs->update(torch::randn({3000}) * 5);
+  Observer loaded = make_observer("percentile", QuantSpec(), {});
+  testing::round_trip(obs, loaded);
+  testing::expect_same_state(*obs, *loaded);
+  const at::Tensor x = torch::randn({100}) * 20;
+  obs->update(x);
+  loaded->update(x);
+  testing::expect_same_state(*obs, *loaded);
+}
+
+TEST(PercentileObserver, ZeroAndConstantData) {
+  Observer obs = make_observer("percentile", QuantSpec(), {});
+  obs->update(torch::zeros({100}));
+  EXPECT_FLOAT_EQ(value(obs->qparams().first), static_cast<float>(kMinScale));
+  obs->update(torch::full({100}, 2.0f));  // range grows from 0: zeros stay in bin 0
+  EXPECT_EQ(static_cast<PercentileObserverImpl&>(*obs).histogram().counts[0].item<double>(), 100);
+  EXPECT_TRUE(std::isfinite(value(obs->qparams().first)));
+}
+
+TEST(PercentileObserver, Errors) {
+  EXPECT_THROW_WITH(make_observer("percentile", QuantSpec(), {{"percentile", 0.0}}),
+                    "percentile = 0");
+  EXPECT_THROW_WITH(make_observer("percentile", QuantSpec(), {{"percentile", 101.0}}),
+                    "percentile = 101");
+  EXPECT_THROW_WITH(make_observer("percentile", QuantSpec(), {{"bins", 1}}), "bins = 1");
+  EXPECT_THROW_WITH(make_observer("percentile", QuantSpec().per_channel(true), {}),
+                    "per-tensor only");
+  Observer obs = make_observer("percentile", QuantSpec(), {});
+  EXPECT_THROW_WITH(obs->qparams(), "before any data");
+  EXPECT_THROW_WITH(obs->update(torch::tensor({NAN})), "observer 'percentile'");
+}
+
+}  // namespace
+}  // namespace observers
+}  // namespace calq
