@@ -166,7 +166,8 @@ struct LsqFunction : public torch::autograd::Function<LsqFunction> {
                   "1 / sqrt(n * quant_max) needs quant_max > 0, got ",
                   spec.quant_max());
       // eq. 6: n is the number of elements sharing one scale.
-      const int64_t per_scale = x.numel() / grid.scale.numel();
+      const int64_t scales = grid.scale.numel();
+      const int64_t per_scale = scales == 0 ? 0 : x.numel() / scales;
       grad_factor = per_scale == 0 ? 0.0
                                    : 1.0 / std::sqrt(static_cast<double>(per_scale) *
                                                      static_cast<double>(spec.quant_max()));

@@ -206,6 +206,11 @@ TEST(Lsq, EmptyAndScaleShapes) {
   const Grads empty = run_lsq(torch::empty({0}), torch::full({1}, 0.1f), torch::zeros({1}),
                               QuantSpec(), torch::empty({0}), -1.0);
   EXPECT_EQ(empty.dscale.item<float>(), 0.0f);
+  // Zero channels: no elements share a scale, no division by zero.
+  const Grads no_channels =
+      run_lsq(torch::empty({3, 0}), torch::empty({0}), torch::empty({0}),
+              QuantSpec().per_channel(true).ch_axis(1), torch::empty({3, 0}), -1.0);
+  EXPECT_EQ(no_channels.dscale.sizes(), (std::vector<int64_t>{0}));
   // A 0-dim double scale gets a 0-dim double gradient.
   const Grads scalar = run_lsq(torch::randn({7}), torch::scalar_tensor(0.1, torch::kDouble),
                                torch::zeros({}), QuantSpec(), torch::ones({7}), 1.0);

@@ -18,15 +18,17 @@ namespace calq {
 /// [quant_min, quant_max], same number of elements as scale; an undefined tensor means 0.
 /// NaN in x gives NaN out and zero gradient; +-Inf saturate to quant_max / quant_min * scale
 /// with zero gradient. An empty x gives an empty y.
-at::Tensor fake_quantize(const at::Tensor& x, const at::Tensor& scale,
-                         const at::Tensor& zero_point, const QuantSpec& spec);
+at::Tensor fake_quantize(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                         const QuantSpec& spec);
 
 /// Learned Step Size Quantization (Esser et al., 2019): forward as fake_quantize; scale is
 /// learned. dL/dscale = grad_factor * sum(dy * q'), with q' = round(x/s) - x/s inside the
 /// range and (quant_min - zero_point) or (quant_max - zero_point) where clamped (eq. 6).
 /// grad_factor <= 0 selects the paper's g = 1 / sqrt(n * quant_max), n being the number of
 /// elements that share one scale (x.numel() per-tensor, x.numel() / C per-channel).
-/// zero_point is not learned.
+/// zero_point is not learned. Shapes, dtypes and non-finite x as fake_quantize; NaN elements
+/// add nothing to dL/dscale, +-Inf elements count as clamped. The scale gradient has scale's
+/// shape and dtype and does not depend on the number of threads.
 at::Tensor lsq_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
                              const at::Tensor& zero_point, const QuantSpec& spec,
                              double grad_factor = -1.0);
@@ -34,7 +36,9 @@ at::Tensor lsq_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
 /// PACT (Choi et al., 2018), symmetric: c = clamp(x, -alpha, alpha), then fake quantization
 /// with scale = alpha / ((quant_max - quant_min) / 2) and zero point 0 (eq. 7).
 /// Backward: dx = dy for -alpha < x < alpha, else 0; dalpha = sum(dy * [x >= alpha]) -
-/// sum(dy * [x <= -alpha]). alpha: one element, finite, > 0. Per-tensor only.
+/// sum(dy * [x <= -alpha]). alpha: one element, finite, > 0. Per-tensor, symmetric only;
+/// with spec.power_of_two() the scale is rounded up to a power of two. NaN x gives NaN and no
+/// gradient; +Inf counts as x >= alpha, -Inf as x <= -alpha.
 at::Tensor pact_fake_quantize(const at::Tensor& x, const at::Tensor& alpha, const QuantSpec& spec);
 
 }  // namespace calq

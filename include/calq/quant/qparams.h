@@ -25,8 +25,7 @@ constexpr double kMinScale = 1.1920928955078125e-07;
 /// dtype. Non-finite bounds are an error naming the offending value.
 /// Returns scale (float32) and zero_point (int32), both shaped {numel(min_val)}.
 std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
-                                                  const at::Tensor& max_val,
-                                                  const QuantSpec& spec);
+                                                  const at::Tensor& max_val, const QuantSpec& spec);
 
 /// Rounds each scale up to 2^ceil(log2(scale)); scales must be positive and finite.
 at::Tensor round_scale_to_power_of_two(const at::Tensor& scale);
