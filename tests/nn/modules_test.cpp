@@ -153,7 +153,7 @@ TEST(Layers, MatchTorchFunctional) {
   EXPECT_TRUE(torch::equal(calq::nn::ReLU6()(a), torch::nn::ReLU6()(a)));
   EXPECT_TRUE(torch::equal(calq::nn::Add()(a, b), a + b));
   EXPECT_TRUE(torch::equal(calq::nn::Mul()(a, b), a * b));
-  EXPECT_TRUE(torch::equal(calq::nn::Cat(1)({a, b}), torch::cat({a, b}, 1)));
+  EXPECT_TRUE(torch::equal(calq::nn::Cat(1)->forward({a, b}), torch::cat({a, b}, 1)));
   EXPECT_TRUE(torch::equal(calq::nn::MaxPool2d(calq::nn::MaxPool2dOptions(2))(a),
                            torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(2))(a)));
   EXPECT_TRUE(torch::equal(calq::nn::AvgPool2d(calq::nn::AvgPool2dOptions(3).stride(2))(a),

@@ -162,7 +162,7 @@ TEST(Workflow, ElevenSteps) {
   EXPECT_TRUE(lsq_model->is_training());
   lsq_model(probe);  // initialises the learned scales
   const auto lsq_before = fake_quant_scales(*lsq_model);
-  torch::optim::Adam optimizer(lsq_model->parameters(), 1e-2);
+  torch::optim::Adam optimizer(lsq_model->parameters(), 1e-4);
   for (const auto& x : batches) {
     optimizer.zero_grad();
     lsq_model(x).pow(2).mean().backward();
@@ -180,7 +180,10 @@ TEST(Workflow, ElevenSteps) {
 TEST(Workflow, PactAlphaMovesInQat) {
   TinyNet model = trained_float_model();
   calq::fuse(*model);
-  calq::prepare_qat(*model, calq::get_default_qconfig(std::string("pact")));
+  // A small initial clip so that activations exceed it and alpha receives a gradient.
+  calq::prepare_qat(*model, calq::get_default_qconfig(
+                                std::string("pact"), std::string("fake_quant"), "min_max",
+                                "min_max", {{"alpha", 0.25}, {"init_alpha_from_observer", false}}));
   calq::set_fake_quantize(*model, calq::FakeQuantState::QAT);
   const auto batches = synthetic_batches(3, 5);
   model(batches[0]);
@@ -195,10 +198,10 @@ TEST(Workflow, PactAlphaMovesInQat) {
   };
   const auto before = alpha_of();
   ASSERT_FALSE(before.empty());
-  torch::optim::SGD optimizer(model->parameters(), 0.5);
+  torch::optim::SGD optimizer(model->parameters(), 1e-3);
   for (const auto& x : batches) {
     optimizer.zero_grad();
-    (model(x) * 100).pow(2).mean().backward();
+    model(x).pow(2).mean().backward();
     optimizer.step();
   }
   const auto after = alpha_of();

@@ -42,8 +42,8 @@ class QuantModuleImpl : public torch::nn::Module {
   const c10::optional<QConfig>& resolved_qconfig() const { return resolved_qconfig_; }
 
   /// Empty holders (is_empty()) where the slot is not filled.
-  const FakeQuantize& weight_fake_quant() const { return weight_fake_quant_; }
-  const FakeQuantize& output_fake_quant() const { return output_fake_quant_; }
+  FakeQuantize weight_fake_quant() const { return weight_fake_quant_; }
+  FakeQuantize output_fake_quant() const { return output_fake_quant_; }
 
  protected:
   /// Identity while the slot is empty.

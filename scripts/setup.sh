@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what calq needs on Debian 12 (as root; skipped when already present) and builds it
+# in Release into ${CALQ_BUILD_DIR:-build}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake g++ make ccache libtorch-dev libgtest-dev libbenchmark-dev libcli11-dev
+          nlohmann-json3-dev libfmt-dev zlib1g-dev dataset-fashion-mnist)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+build="${CALQ_BUILD_DIR:-build}"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
+cmake --build "$build" -j"$(nproc)"

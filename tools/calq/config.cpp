@@ -1,0 +1,136 @@
+#include "config.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+
+#include "calq/zoo/models.h"
+
+namespace calq {
+namespace cli {
+namespace {
+
+QuantDtype dtype_for_bits(const std::string& bits, const std::string& which) {
+  if (bits == "4") return QuantDtype::qint4;
+  if (bits == "8") return QuantDtype::qint8;
+  if (bits == "16") return QuantDtype::qint16;
+  TORCH_CHECK(false, "--bits: ", which, " bit width '", bits,
+              "' is not supported; valid: 4, 8, 16");
+}
+
+std::pair<std::string, std::string> split_bits(const std::string& bits) {
+  const auto slash = bits.find('/');
+  TORCH_CHECK(slash != std::string::npos,
+              "--bits must be WEIGHTS/ACTIVATIONS, e.g. 8/8 or 4/4; got '", bits, "'");
+  return {bits.substr(0, slash), bits.substr(slash + 1)};
+}
+
+std::string normalized_key(std::string key) {
+  std::replace(key.begin(), key.end(), '-', '_');
+  return key;
+}
+
+}  // namespace
+
+QuantDtype RunConfig::weight_dtype() const {
+  return dtype_for_bits(split_bits(bits).first, "weight");
+}
+
+QuantDtype RunConfig::activation_dtype() const {
+  return dtype_for_bits(split_bits(bits).second, "activation");
+}
+
+void RunConfig::validate() const {
+  weight_dtype();
+  activation_dtype();
+  const auto& models = zoo::model_names();
+  TORCH_CHECK(std::find(models.begin(), models.end(), model) != models.end(), "--model: unknown ",
+              "model '", model, "'; valid models: cnn, resnet, mobilenet");
+  TORCH_CHECK(epochs >= 1, "--epochs must be >= 1, got ", epochs);
+  TORCH_CHECK(qat_epochs >= 1, "--qat-epochs must be >= 1, got ", qat_epochs);
+  TORCH_CHECK(calib_batches >= 1, "--calib-batches must be >= 1, got ", calib_batches);
+  TORCH_CHECK(batch_size >= 1, "--batch-size must be >= 1, got ", batch_size);
+  TORCH_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores), got ", threads);
+  TORCH_CHECK(limit_train >= 0 && limit_test >= 0, "--limit-train/--limit-test must be >= 0");
+  TORCH_CHECK(lr > 0 && qat_lr > 0, "--lr and --qat-lr must be > 0");
+  TORCH_CHECK(!out.empty(), "--out must name a folder");
+  TORCH_CHECK(!observers.empty(), "--observers must name at least one observer");
+  TORCH_CHECK(!methods.empty(), "--methods must name at least one fake-quant method");
+}
+
+nlohmann::json RunConfig::to_json() const {
+  return {{"model", model},
+          {"bits", bits},
+          {"epochs", epochs},
+          {"qat_epochs", qat_epochs},
+          {"calib_batches", calib_batches},
+          {"batch_size", batch_size},
+          {"threads", threads},
+          {"seed", seed},
+          {"out", out},
+          {"data_dir", data_dir},
+          {"limit_train", limit_train},
+          {"limit_test", limit_test},
+          {"lr", lr},
+          {"qat_lr", qat_lr},
+          {"march", march},
+          {"observers", observers},
+          {"methods", methods},
+          {"qat_observer", qat_observer}};
+}
+
+void RunConfig::merge_json(const nlohmann::json& j) {
+  TORCH_CHECK(j.is_object(), "--config: the settings file must hold a JSON object");
+  const nlohmann::json known = to_json();
+  for (const auto& item : j.items()) {
+    const std::string key = normalized_key(item.key());
+    if (key == "resume" || key == "quiet") continue;
+    if (!known.contains(key)) {
+      std::string valid;
+      for (const auto& k : known.items()) valid += (valid.empty() ? "" : ", ") + k.key();
+      TORCH_CHECK(false, "--config: unknown setting '", item.key(), "'; valid settings: ", valid);
+    }
+  }
+  try {
+    auto get = [&](const char* key, auto& field) {
+      for (const auto& item : j.items()) {
+        if (normalized_key(item.key()) == key) item.value().get_to(field);
+      }
+    };
+    get("model", model);
+    get("bits", bits);
+    get("epochs", epochs);
+    get("qat_epochs", qat_epochs);
+    get("calib_batches", calib_batches);
+    get("batch_size", batch_size);
+    get("threads", threads);
+    get("seed", seed);
+    get("out", out);
+    get("data_dir", data_dir);
+    get("limit_train", limit_train);
+    get("limit_test", limit_test);
+    get("lr", lr);
+    get("qat_lr", qat_lr);
+    get("march", march);
+    get("observers", observers);
+    get("methods", methods);
+    get("qat_observer", qat_observer);
+  } catch (const nlohmann::json::exception& error) {
+    TORCH_CHECK(false, "--config: a setting has the wrong type: ", error.what());
+  }
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  TORCH_CHECK(in.good(), "cannot open '", path, "' for reading");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& error) {
+    TORCH_CHECK(false, "'", path, "' is not valid JSON: ", error.what());
+  }
+}
+
+}  // namespace cli
+}  // namespace calq

@@ -1,0 +1,52 @@
+#pragma once
+// Settings of every calq subcommand: command-line flags, optionally read from a JSON file
+// (--config FILE, keys = long flag names with '-' or '_'); flags given on the command line win.
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "calq/quant/quant_spec.h"
+
+namespace calq {
+namespace cli {
+
+struct RunConfig {
+  std::string model = "cnn";
+  std::string bits = "8/8";  ///< weights/activations: 4, 8 or 16 each
+  int64_t epochs = 4;        ///< float training epochs
+  int64_t qat_epochs = 1;
+  int64_t calib_batches = 32;
+  int64_t batch_size = 128;
+  int64_t threads = 0;  ///< 0 = all cores
+  uint64_t seed = 0;
+  std::string out = "out";
+  std::string data_dir;     ///< empty = default location of dataset-fashion-mnist
+  int64_t limit_train = 0;  ///< 0 = all 60000
+  int64_t limit_test = 0;   ///< 0 = all 10000
+  double lr = 1e-3;         ///< float training (Adam, cosine decay)
+  double qat_lr = 1e-4;     ///< QAT (Adam, constant)
+  std::string march = "bayes";
+  std::vector<std::string> observers = {"min_max", "percentile", "kl",   "mse",
+                                        "mix",     "clip_std",   "clip", "fixed_scale"};
+  std::vector<std::string> methods = {"fake_quant", "lsq", "pact"};
+  std::string qat_observer = "min_max";
+  bool resume = false;
+  bool quiet = false;
+
+  QuantDtype weight_dtype() const;
+  QuantDtype activation_dtype() const;
+  /// Checks every field; throws naming the offending one and the valid values.
+  void validate() const;
+  nlohmann::json to_json() const;
+  /// Overwrites the fields present in `j`; unknown keys are an error listing the valid ones.
+  void merge_json(const nlohmann::json& j);
+};
+
+/// Reads a JSON settings file (errors name the file and the parse problem).
+nlohmann::json read_json_file(const std::string& path);
+
+}  // namespace cli
+}  // namespace calq

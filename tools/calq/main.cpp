@@ -1,0 +1,127 @@
+// calq: calibration and quantization-aware training on the command line.
+#include <c10/util/Exception.h>
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "calq/util/progress.h"
+#include "commands.h"
+#include "config.h"
+
+namespace {
+
+// Flags shared by every workflow subcommand. Flags given on the command line override the
+// --config file, which overrides the defaults.
+void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config_file) {
+  app.add_option("--config", config_file, "JSON file with settings (keys = flag names)");
+  app.add_option("--model", c.model, "cnn | resnet | mobilenet")->capture_default_str();
+  app.add_option("--bits", c.bits, "weights/activations bit widths: 4, 8 or 16 each, e.g. 8/8")
+      ->capture_default_str();
+  app.add_option("--epochs", c.epochs, "float training epochs")->capture_default_str();
+  app.add_option("--qat-epochs", c.qat_epochs, "QAT epochs per method")->capture_default_str();
+  app.add_option("--calib-batches", c.calib_batches, "calibration batches")->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "batch size")->capture_default_str();
+  app.add_option("--threads", c.threads, "threads (0 = all cores)")->capture_default_str();
+  app.add_option("--seed", c.seed, "seed of initialisation, shuffling and calibration subset")
+      ->capture_default_str();
+  app.add_option("--out", c.out, "output folder")->capture_default_str();
+  app.add_option("--data-dir", c.data_dir, "Fashion-MNIST folder (default: Debian's)");
+  app.add_option("--limit-train", c.limit_train, "use only the first N training images (0 = all)");
+  app.add_option("--limit-test", c.limit_test, "use only the first N test images (0 = all)");
+  app.add_option("--lr", c.lr, "float learning rate (Adam, cosine decay)")->capture_default_str();
+  app.add_option("--qat-lr", c.qat_lr, "QAT learning rate (Adam)")->capture_default_str();
+  app.add_option("--march", c.march, "bernoulli (power-of-two scales) | bernoulli2 | bayes | nash")
+      ->capture_default_str();
+  app.add_option("--observers", c.observers, "activation observers to calibrate with")
+      ->delimiter(',');
+  app.add_option("--methods", c.methods, "QAT fake-quant methods")->delimiter(',');
+  app.add_option("--qat-observer", c.qat_observer, "activation observer during QAT")
+      ->capture_default_str();
+  app.add_flag("--resume", c.resume, "continue an interrupted run or QAT from its checkpoints");
+  app.add_flag("--quiet", c.quiet, "no progress bars");
+}
+
+// Applies --config, then re-applies the flags the user typed so that they win.
+calq::cli::RunConfig resolve(CLI::App& app, const calq::cli::RunConfig& typed,
+                             const std::string& config_file) {
+  if (config_file.empty()) return typed;
+  calq::cli::RunConfig resolved;
+  resolved.merge_json(calq::cli::read_json_file(config_file));
+  nlohmann::json typed_json = typed.to_json();
+  nlohmann::json overrides = nlohmann::json::object();
+  for (const auto& item : typed_json.items()) {
+    const std::string flag = "--" + [&] {
+      std::string k = item.key();
+      for (auto& ch : k) ch = ch == '_' ? '-' : ch;
+      return k;
+    }();
+    if (app.count(flag) > 0) overrides[item.key()] = item.value();
+  }
+  resolved.merge_json(overrides);
+  resolved.resume = typed.resume;
+  resolved.quiet = typed.quiet;
+  return resolved;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"calq: calibrate and quantization-aware-train networks for integer accelerators"};
+  app.require_subcommand(1);
+  calq::cli::RunConfig config;
+  std::string config_file, observer = "percentile", qconfig_file, checkpoint, calibrated,
+                           method = "lsq", json_path;
+
+  auto* run = app.add_subcommand("run",
+                                 "the whole workflow: train, calibrate with every "
+                                 "observer, validate, QAT with every method, report");
+  add_run_options(*run, config, config_file);
+
+  auto* train = app.add_subcommand("train", "train the float model (OUT/float_<model>.pt)");
+  add_run_options(*train, config, config_file);
+
+  auto* calibrate = app.add_subcommand("calibrate", "calibrate the float model and validate it");
+  add_run_options(*calibrate, config, config_file);
+  calibrate->add_option("--observer", observer, "activation observer")->capture_default_str();
+  calibrate->add_option("--qconfig", qconfig_file, "qconfig JSON file (instead of --observer)");
+
+  auto* evaluate = app.add_subcommand("evaluate", "top-1 accuracy of a saved model");
+  add_run_options(*evaluate, config, config_file);
+  evaluate->add_option("--checkpoint", checkpoint, "model file written by calq")->required();
+
+  auto* qat = app.add_subcommand("qat", "QAT from a calibrated model, then validate");
+  add_run_options(*qat, config, config_file);
+  qat->add_option("--method", method, "fake_quant | lsq | pact")->capture_default_str();
+  qat->add_option("--calibrated", calibrated, "calibrated model file (from calq calibrate)")
+      ->required();
+  qat->add_option("--qconfig", qconfig_file, "QAT qconfig JSON file (instead of --method)");
+
+  auto* export_scales = app.add_subcommand("export", "export the scales of a model as JSON");
+  export_scales->add_option("--checkpoint", checkpoint, "prepared model file")->required();
+  export_scales->add_option("--json", json_path, "output file")->required();
+
+  auto* check = app.add_subcommand("check", "list every quantization point and its qconfig");
+  add_run_options(*check, config, config_file);
+  check->add_option("--qconfig", qconfig_file, "qconfig JSON file (default: calibration recipe)");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    CLI::App* chosen = app.get_subcommands().front();
+    calq::cli::RunConfig resolved = resolve(*chosen, config, config_file);
+    calq::util::Progress::set_globally_quiet(resolved.quiet);
+    if (chosen == run) return calq::cli::run_command(resolved);
+    if (chosen == train) return calq::cli::train_command(resolved);
+    if (chosen == calibrate) return calq::cli::calibrate_command(resolved, observer, qconfig_file);
+    if (chosen == evaluate) return calq::cli::evaluate_command(resolved, checkpoint);
+    if (chosen == qat) return calq::cli::qat_command(resolved, method, calibrated, qconfig_file);
+    if (chosen == export_scales) return calq::cli::export_command(checkpoint, json_path);
+    if (chosen == check) return calq::cli::check_command(resolved, qconfig_file);
+  } catch (const c10::Error& error) {
+    std::cerr << "calq: error: " << error.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& error) {
+    std::cerr << "calq: error: " << error.what() << "\n";
+    return 1;
+  }
+  return 1;
+}

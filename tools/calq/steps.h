@@ -1,0 +1,66 @@
+#pragma once
+// The workflow steps the subcommands share: data, float model, calibration, QAT, checkpoints.
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "calq/data/fashion_mnist.h"
+#include "calq/qconfig.h"
+#include "calq/workflow.h"
+#include "calq/zoo/models.h"
+#include "config.h"
+
+namespace calq {
+namespace cli {
+
+struct Workspace {
+  RunConfig config;
+  data::Dataset train;
+  data::Dataset test;
+};
+
+/// Reads the data set (limits applied) and sets the thread count.
+Workspace open_workspace(const RunConfig& config);
+
+/// The calibration recipe: fake_quant everywhere, `observer` on activations, min_max on
+/// weights, dtypes from --bits.
+QConfig calibration_qconfig(const RunConfig& config, const std::string& observer);
+/// The QAT recipe of `method`: activations `method` with --qat-observer; weights lsq for lsq,
+/// else fake_quant; min_max weight observer.
+QConfig qat_qconfig(const RunConfig& config, const std::string& method);
+
+/// A model as saved by calq: parameters in `path`, how to rebuild it in `path`.json.
+struct ModelMeta {
+  std::string model;
+  bool prepared = false;
+  QConfig qconfig;  ///< global recipe (prepared models)
+  std::string march = "bayes";
+  nlohmann::json to_json() const;
+  static ModelMeta from_json(const nlohmann::json& j);
+};
+
+/// Builds the model of `meta` (fused and prepared when meta.prepared), with the last layer's
+/// output kept float.
+zoo::Classifier build_model(const ModelMeta& meta);
+void save_model(zoo::ClassifierImpl& model, const ModelMeta& meta, const std::string& path);
+/// Rebuilds and loads a model saved by save_model; errors name the file and the mismatch.
+zoo::Classifier load_model(const std::string& path, ModelMeta* meta = nullptr);
+
+/// Trains the float model, or reuses OUT/float_<model>.pt when it was trained with the same
+/// settings. Returns the model; *seconds_per_epoch is 0 when reused.
+zoo::Classifier float_model(const Workspace& ws, double* seconds_per_epoch, bool* reused);
+
+/// A fresh prepared model holding the float model's weights (steps 2 and 7).
+zoo::Classifier prepare_from_float(const RunConfig& config, zoo::ClassifierImpl& float_model,
+                                   const QConfig& qconfig, ModelMeta* meta);
+
+/// The calibration batches (images only) of step 4: --calib-batches batches of --batch-size
+/// training images, drawn with --seed.
+std::vector<at::Tensor> calibration_images(const Workspace& ws);
+
+/// Every quantization point's scale and zero point, per module path.
+nlohmann::json export_scales(zoo::ClassifierImpl& model);
+
+}  // namespace cli
+}  // namespace calq
