@@ -133,12 +133,16 @@ at::Tensor mse_candidate_errors_ref(const at::Tensor& x_in, const at::Tensor& sc
   const at::Tensor zero_point = zero_point_in.to(at::kDouble).contiguous();
   const int64_t channels = x.size(0), n = x.size(1), k_count = scale.size(0);
   at::Tensor out = at::zeros({channels, k_count}, at::kDouble);
+  const auto xs = x.accessor<double, 2>();
+  const auto ss = scale.accessor<double, 2>();
+  const auto zs = zero_point.accessor<double, 2>();
+  auto os = out.accessor<double, 2>();
   for (int64_t c = 0; c < channels; ++c) {
     for (int64_t k = 0; k < k_count; ++k) {
-      const double s = scale[k][c].item<double>(), z = zero_point[k][c].item<double>();
+      const double s = ss[k][c], z = zs[k][c];
       double total = 0.0;
       for (int64_t j = 0; j < n; ++j) {
-        const double v = x[c][j].item<double>();
+        const double v = xs[c][j];
         const double r =
             spec.rounding() == Rounding::half_up ? std::floor(v / s + 0.5) : std::nearbyint(v / s);
         const double q = std::min(std::max(r + z, static_cast<double>(spec.quant_min())),
@@ -146,7 +150,7 @@ at::Tensor mse_candidate_errors_ref(const at::Tensor& x_in, const at::Tensor& sc
         const double e = v - (q - z) * s;
         total += e * e;
       }
-      out[c][k] = total;
+      os[c][k] = total;
     }
   }
   return out;
