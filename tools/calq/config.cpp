@@ -6,6 +6,8 @@
 #include <fstream>
 #include <set>
 
+#include "calq/qconfig.h"
+#include "calq/workflow.h"
 #include "calq/zoo/models.h"
 
 namespace calq {
@@ -58,6 +60,14 @@ void RunConfig::validate() const {
   TORCH_CHECK(!out.empty(), "--out must name a folder");
   TORCH_CHECK(!observers.empty(), "--observers must name at least one observer");
   TORCH_CHECK(!methods.empty(), "--methods must name at least one fake-quant method");
+  // Names are checked up front (errors list the valid ones), not after an hour of training.
+  march_from_string(march);
+  for (const auto& observer : observers) {
+    get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();
+  }
+  for (const auto& method : methods) {
+    get_default_qconfig(method, std::string("fake_quant"), qat_observer).validate();
+  }
 }
 
 nlohmann::json RunConfig::to_json() const {

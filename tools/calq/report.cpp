@@ -202,7 +202,7 @@ void write_report(const Workspace& ws, const nlohmann::json& results,
   md += "![accuracy per observer and method](accuracy.svg)\n\n";
   md += "## Activation histograms\n\n";
   md += fmt::format(
-      "|abs(x)| of every quantized activation on the calibration batches (log counts), with "
+      "abs(x) of every quantized activation on the calibration batches (log counts), with "
       "the clipping threshold t of the best observer ({}): values above t saturate.\n\n",
       results.value("best_observer", std::string("?")));
   md += "| layer | max abs | t | clipped | histogram |\n|---|---:|---:|---:|---|\n";

@@ -22,7 +22,9 @@ nlohmann::json previous_results(const RunConfig& config) {
   const std::string path = config.out + "/results.json";
   if (!config.resume || !std::filesystem::exists(path)) return nlohmann::json::object();
   nlohmann::json previous = read_json_file(path);
-  if (previous.value("config", nlohmann::json()) != config.to_json()) {
+  nlohmann::json previous_config = previous.value("config", nlohmann::json::object());
+  previous_config.erase("threads_used");
+  if (previous_config != config.to_json()) {
     std::cerr << "calq: --resume: " << path << " was written with other settings; starting over\n";
     return nlohmann::json::object();
   }

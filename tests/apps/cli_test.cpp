@@ -1,0 +1,142 @@
+// The calq command line end to end on a small subset of Fashion-MNIST, and its errors.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "calq/data/fashion_mnist.h"
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+Result run_cli(const std::string& arguments) {
+  const std::string command = std::string(CALQ_CLI_PATH) + " " + arguments + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  EXPECT_NE(pipe, nullptr);
+  Result result{-1, ""};
+  std::array<char, 4096> buffer{};
+  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.output += buffer.data();
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+bool dataset_installed() {
+  return std::filesystem::exists(calq::data::fashion_mnist_file(
+      calq::data::fashion_mnist_dir(), calq::data::Split::test, /*labels=*/false));
+}
+
+std::string temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("calq_cli_test_" + name);
+  std::filesystem::remove_all(dir);
+  return dir.string();
+}
+
+// Small but real: a few hundred images, one epoch. Quantized accuracy must stay near float.
+constexpr const char* kSmallRun =
+    "--limit-train 768 --limit-test 256 --epochs 1 --qat-epochs 1 --calib-batches 2 "
+    "--batch-size 64 --threads 2 --quiet";
+// With so little training the network is far from converged; 8-bit quantization should still
+// cost only a few points on 256 test images (1 image = 0.39 points).
+constexpr double kMaxDropPoints = 6.0;
+
+TEST(Cli, RunWritesResultsReportAndResumes) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = temp_dir("run");
+  Result r = run_cli(std::string("run ") + kSmallRun + " --out " + out +
+                     " --observers min_max,percentile,kl --methods fake_quant,lsq,pact");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(out + "/results.json");
+  ASSERT_TRUE(in.good());
+  const nlohmann::json results = nlohmann::json::parse(in);
+  const double float_top1 = results.at("float").at("top1").get<double>();
+  EXPECT_GT(float_top1, 40.0);
+  for (const char* observer : {"min_max", "percentile", "kl"}) {
+    const auto& entry = results.at("calibration").at(observer);
+    EXPECT_GT(entry.at("seconds").get<double>(), 0.0);
+    EXPECT_GT(entry.at("top1").get<double>(), float_top1 - kMaxDropPoints) << observer;
+  }
+  for (const char* method : {"fake_quant", "lsq", "pact"}) {
+    const auto& entry = results.at("qat").at(method);
+    EXPECT_GT(entry.at("seconds_per_epoch").get<double>(), 0.0);
+    EXPECT_GT(entry.at("top1").get<double>(), float_top1 - kMaxDropPoints) << method;
+  }
+  EXPECT_EQ(results.at("config").at("model"), "cnn");
+  EXPECT_TRUE(std::filesystem::exists(out + "/report.md"));
+  EXPECT_TRUE(std::filesystem::exists(out + "/accuracy.svg"));
+  EXPECT_TRUE(std::filesystem::exists(out + "/histograms/conv1.svg"));
+  EXPECT_NE(r.output.find("qat"), std::string::npos);
+
+  // --resume with the same settings reuses every finished step.
+  Result again =
+      run_cli(std::string("run ") + kSmallRun + " --out " + out +
+              " --observers min_max,percentile,kl --methods fake_quant,lsq,pact --resume");
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  std::ifstream in2(out + "/results.json");
+  const nlohmann::json resumed = nlohmann::json::parse(in2);
+  EXPECT_EQ(resumed.at("calibration"), results.at("calibration"));
+  EXPECT_EQ(resumed.at("qat"), results.at("qat"));
+
+  // The single-step subcommands on the run's files.
+  Result evaluated =
+      run_cli("evaluate --quiet --limit-test 256 --checkpoint " + out + "/qat/lsq.pt");
+  ASSERT_EQ(evaluated.exit_code, 0) << evaluated.output;
+  EXPECT_NE(evaluated.output.find("quantized"), std::string::npos);
+  Result exported =
+      run_cli("export --checkpoint " + out + "/calibrated/kl.pt --json " + out + "/kl_scales.json");
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  std::ifstream scales_in(out + "/kl_scales.json");
+  const nlohmann::json scales = nlohmann::json::parse(scales_in);
+  EXPECT_GT(scales.at("conv1.output_fake_quant").at("scale").at(0).get<double>(), 0.0);
+  EXPECT_EQ(scales.at("conv1.weight_fake_quant").at("scale").size(), 16u);
+}
+
+TEST(Cli, CheckListsQuantizationPoints) {
+  Result r = run_cli("check --model resnet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("layer2.shortcut"), std::string::npos);
+  EXPECT_NE(r.output.find("Add"), std::string::npos);
+}
+
+TEST(Cli, ClearErrors) {
+  Result missing = run_cli("run --quiet --data-dir /nonexistent/calq --out " + temp_dir("missing"));
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("dataset-fashion-mnist"), std::string::npos) << missing.output;
+
+  Result bad_flag = run_cli("run --no-such-flag");
+  EXPECT_NE(bad_flag.exit_code, 0);
+  EXPECT_NE(bad_flag.output.find("no-such-flag"), std::string::npos) << bad_flag.output;
+
+  Result bad_model = run_cli("check --model vgg");
+  EXPECT_EQ(bad_model.exit_code, 1);
+  EXPECT_NE(bad_model.output.find("valid models: cnn, resnet, mobilenet"), std::string::npos)
+      << bad_model.output;
+
+  Result bad_bits = run_cli("check --bits 8/3");
+  EXPECT_EQ(bad_bits.exit_code, 1);
+  EXPECT_NE(bad_bits.output.find("valid: 4, 8, 16"), std::string::npos) << bad_bits.output;
+
+  if (dataset_installed()) {
+    Result bad_observer = run_cli(std::string("run ") + kSmallRun + " --observers entropy --out " +
+                                  temp_dir("observer"));
+    EXPECT_EQ(bad_observer.exit_code, 1);
+    EXPECT_NE(bad_observer.output.find("percentile"), std::string::npos) << bad_observer.output;
+  }
+
+  const std::string config = temp_dir("config") + ".json";
+  std::ofstream(config) << R"({"model": "cnn", "epocs": 3})";
+  Result bad_config = run_cli("check --config " + config);
+  EXPECT_EQ(bad_config.exit_code, 1);
+  EXPECT_NE(bad_config.output.find("unknown setting 'epocs'"), std::string::npos)
+      << bad_config.output;
+}
+
+}  // namespace
