@@ -9,6 +9,7 @@
 #include "calq/fake_quantize.h"
 #include "calq/observers/histogram_observer.h"
 #include "calq/util/atomic_file.h"
+#include "calq/util/svg.h"
 #include "calq/workflow.h"
 
 namespace calq {
@@ -53,87 +54,38 @@ std::map<std::string, double> thresholds(zoo::ClassifierImpl& model) {
   return out;
 }
 
-std::string escape_xml(const std::string& text) {
-  std::string out;
-  for (char ch : text) {
-    if (ch == '<')
-      out += "&lt;";
-    else if (ch == '>')
-      out += "&gt;";
-    else if (ch == '&')
-      out += "&amp;";
-    else
-      out += ch;
-  }
-  return out;
-}
-
-// Horizontal bars, one per result, with a dashed line at the float accuracy.
+// Horizontal bars, one per result, zoomed on the accuracy range of interest.
 void write_accuracy_svg(const std::string& path,
                         const std::vector<std::pair<std::string, double>>& bars,
                         double float_top1) {
+  util::BarChart chart;
+  chart.title = "top-1 accuracy per observer and method";
+  util::BarSeries series{"top-1", {}};
   double low = float_top1;
-  for (const auto& bar : bars) low = std::min(low, bar.second);
-  low = std::max(0.0, std::floor(low - 1.0));
-  const double high = 100.0, left = 190, width = 420, row = 22;
-  const double height = 40 + row * static_cast<double>(bars.size());
-  auto x_of = [&](double v) { return left + width * (v - low) / (high - low); };
-  std::string svg = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" "
-      "font-family=\"sans-serif\" font-size=\"12\">\n",
-      left + width + 70, height);
-  for (size_t i = 0; i < bars.size(); ++i) {
-    const double y = 10 + row * static_cast<double>(i);
-    svg += fmt::format(
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n"
-        "<rect x=\"{}\" y=\"{}\" width=\"{:.1f}\" height=\"{}\" fill=\"#4878a8\"/>\n"
-        "<text x=\"{:.1f}\" y=\"{}\">{:.2f}</text>\n",
-        left - 6, y + 14, escape_xml(bars[i].first), left, y + 3,
-        std::max(0.0, x_of(bars[i].second) - left), row - 6, x_of(bars[i].second) + 4, y + 14,
-        bars[i].second);
+  for (const auto& bar : bars) {
+    chart.categories.push_back(bar.first);
+    series.values.push_back(bar.second);
+    low = std::min(low, bar.second);
   }
-  svg += fmt::format(
-      "<line x1=\"{0:.1f}\" x2=\"{0:.1f}\" y1=\"5\" y2=\"{1}\" stroke=\"#c03030\" "
-      "stroke-dasharray=\"4 3\"/>\n<text x=\"{0:.1f}\" y=\"{2}\" fill=\"#c03030\" "
-      "text-anchor=\"middle\">float {3:.2f}</text>\n"
-      "<text x=\"{4}\" y=\"{2}\">top-1 % (axis from {5:.0f})</text>\n</svg>\n",
-      x_of(float_top1), height - 20, height - 6, float_top1, left, low);
-  util::write_file_atomic(path, svg);
+  chart.series.push_back(series);
+  chart.value_min = std::max(0.0, std::floor(low - 1.0));
+  chart.value_max = 100.0;
+  util::save_svg(path, util::render_bar_chart(chart));
 }
 
 // Log-count histogram of |x| with the clipping threshold t marked.
 void write_histogram_svg(const std::string& path, const std::string& title,
                          const observers::AbsHistogram& h, double t) {
-  const double left = 40, width = 480, top = 24, height = 160;
-  // Group the bins into at most 240 columns so the picture stays small.
-  const int64_t columns = std::min<int64_t>(240, h.bins());
-  const int64_t per_column = (h.bins() + columns - 1) / columns;
+  util::HistogramPlot plot;
+  plot.title = title + ": |x| on the calibration batches";
+  plot.x_label = "|x|";
   at::Tensor counts = h.counts.to(at::kDouble).contiguous();
-  std::vector<double> column(static_cast<size_t>(columns), 0.0);
-  for (int64_t b = 0; b < h.bins(); ++b) column[b / per_column] += counts[b].item<double>();
-  const double peak = std::log10(1.0 + *std::max_element(column.begin(), column.end()));
-  const double span = h.bin_width() * static_cast<double>(per_column * columns);
-  std::string svg = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" "
-      "font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{}\" y=\"14\">{} "
-      "(|x|, log count)</text>\n",
-      left + width + 20, top + height + 30, left, escape_xml(title));
-  const double bar_width = width / static_cast<double>(columns);
-  for (int64_t i = 0; i < columns; ++i) {
-    const double v = peak > 0 ? std::log10(1.0 + column[i]) / peak : 0.0;
-    svg += fmt::format(
-        "<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" "
-        "fill=\"#4878a8\"/>\n",
-        left + bar_width * i, top + height * (1 - v), bar_width, height * v);
-  }
-  const double x_t = left + width * std::min(1.0, span > 0 ? t / span : 1.0);
-  svg += fmt::format(
-      "<line x1=\"{0:.1f}\" x2=\"{0:.1f}\" y1=\"{1}\" y2=\"{2}\" stroke=\"#c03030\"/>\n"
-      "<text x=\"{0:.1f}\" y=\"{3}\" fill=\"#c03030\" text-anchor=\"middle\">t = "
-      "{4:.4g}</text>\n<text x=\"{5}\" y=\"{3}\">0</text>\n<text x=\"{6}\" y=\"{3}\" "
-      "text-anchor=\"end\">{7:.4g}</text>\n</svg>\n",
-      x_t, top, top + height, top + height + 16, t, left, left + width, span);
-  util::write_file_atomic(path, svg);
+  plot.counts.assign(counts.data_ptr<double>(), counts.data_ptr<double>() + counts.numel());
+  plot.lo = 0.0;
+  plot.hi = h.range;
+  plot.log_y = true;
+  plot.markers.push_back({t, "t"});
+  util::save_svg(path, util::render_histogram(plot));
 }
 
 }  // namespace
