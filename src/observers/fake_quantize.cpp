@@ -134,6 +134,16 @@ bool FakeQuantizeImpl::initialized() const {
   return initialized_.item<uint8_t>() != 0;
 }
 
+namespace {
+
+// |v| floored at kMinScale, in place (no autograd record: like an optimizer step).
+void project_positive(at::Tensor& learned) {
+  if (learned.numel() == 0 || (learned >= kMinScale).all().item<bool>()) return;
+  learned.abs_().clamp_min_(kMinScale);
+}
+
+}  // namespace
+
 void FakeQuantizeImpl::prepare_qparams(bool observer_had_data) {
   at::NoGradGuard guard;
   auto set = [](at::Tensor& t, const at::Tensor& v) { t.set_(v.detach().clone()); };
@@ -151,6 +161,10 @@ void FakeQuantizeImpl::prepare_qparams(bool observer_had_data) {
       break;
     }
     case FakeQuantMethod::lsq:
+      // Projection after an optimizer step: a step across zero (tiny per-channel weight
+      // scales under Adam) would make the scale invalid; its magnitude is the nearest valid
+      // value and keeps training continuous.
+      project_positive(scale_);
       if (!initialized() && observer_->has_data()) {
         at::Tensor s, zp;
         std::tie(s, zp) = observer_->qparams();
@@ -170,6 +184,7 @@ void FakeQuantizeImpl::prepare_qparams(bool observer_had_data) {
         }
         initialized_.fill_(1);
       }
+      project_positive(alpha_);
       set(scale_, alpha_.detach() / half_steps(spec()));
       set(zero_point_, at::zeros({1}, at::kInt));
       break;

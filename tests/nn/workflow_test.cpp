@@ -210,6 +210,21 @@ TEST(Workflow, PactAlphaMovesInQat) {
   EXPECT_GT(moved, 0);
 }
 
+TEST(Workflow, LearnedScaleSteppedAcrossZeroIsProjectedBack) {
+  auto fq = calq::FakeQuantConfig{"lsq", "min_max", nlohmann::json::object(), false}.create();
+  fq->set_state(calq::FakeQuantState::QAT);
+  const at::Tensor x = torch::linspace(-1, 1, 64);
+  fq->forward(x);
+  at::Tensor scale = fq->named_parameters()["scale"];
+  {
+    torch::NoGradGuard no_grad;
+    scale.fill_(-0.01f);  // as an optimizer step past zero would leave it
+  }
+  const at::Tensor y = fq->forward(x);
+  EXPECT_FLOAT_EQ(scale.item<float>(), 0.01f);
+  EXPECT_TRUE(torch::equal(y, torch::clamp(torch::round(x / 0.01f), -128, 127) * 0.01f));
+}
+
 TEST(Workflow, ValidationComputesTheDeployedFoldedConvolution) {
   TinyNet model = trained_float_model();
   calq::fuse(*model);
