@@ -10,7 +10,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-valid_suites="kernels"
+valid_suites="kernels observers"
 
 usage() {
   echo "usage: bench/run.sh SUITE [--json FILE] [suite flags]; valid suites: ${valid_suites}" >&2
@@ -25,6 +25,11 @@ case "${suite}" in
   kernels)
     # fake-quant kernels: calq vs ATen vs roofline, 1 thread and all threads
     target="calq_kernels_bench"
+    ;;
+  observers)
+    # observers: per-batch update of every observer, qparams from a 2048-bin histogram, and
+    # PyTorch's MinMaxObserver / HistogramObserver (via /usr/bin/python3) on the same tensor
+    target="calq_observers_bench"
     ;;
   -h | --help)
     usage

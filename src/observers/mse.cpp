@@ -31,9 +31,8 @@ struct Candidate {
 
 // Sum of squared errors of x[0, n) for one candidate. Vector lanes hold partial sums in float;
 // a block has at most kBlock values, so each lane sums at most kBlock / 8 squared errors.
-__attribute__((target_clones("arch=haswell", "default"))) double block_error(const float* x,
-                                                                             int64_t n, Candidate c,
-                                                                             bool half_up) {
+__attribute__((target_clones("avx2", "default"))) double block_error(const float* x, int64_t n,
+                                                                     Candidate c, bool half_up) {
   const vf8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
   const vf8 lo_guard = zero + (c.lo - 1.0f), hi_guard = zero + (c.hi + 1.0f);
   const vf8 lo = zero + c.lo, hi = zero + c.hi, one = zero + 1.0f;

@@ -59,6 +59,21 @@ TEST(ClipStdObserver, MergeAndRoundTrip) {
   testing::expect_same_state(*seq, *loaded);
 }
 
+TEST(ClipStd, MomentsMatchATenInDouble) {
+  torch::manual_seed(13);
+  for (int64_t n : {1, 2, 5, 8, 9, 16, 20, 28, 32, 33, 4097, 100000}) {
+    // A large mean next to a small spread: the case where E[x^2] - E[x]^2 cancels.
+    const at::Tensor x = torch::randn({3, n}) * 0.01 + torch::tensor({{1000.0f}, {0.0f}, {-3.0f}});
+    at::Tensor mean, var, ref_var, ref_mean;
+    std::tie(mean, var) = channel_mean_var(x);
+    std::tie(ref_var, ref_mean) = at::var_mean(x.to(torch::kDouble), {1}, false);
+    // Float32 lane sums of d = x - x[0] over at most 512 terms per lane: relative error about
+    // 512 * 6e-8 = 3e-5 of the spread; 1e-3 relative on the variance is a loose bound.
+    EXPECT_TRUE(at::allclose(mean, ref_mean, 1e-7, 1e-7)) << n;
+    EXPECT_TRUE(at::allclose(var, ref_var, 1e-3, 1e-12)) << n << " " << var << ref_var;
+  }
+}
+
 TEST(ClipStdObserver, Errors) {
   EXPECT_THROW_WITH(make_observer("clip_std", QuantSpec(), {{"std_scale", -0.5}}),
                     "std_scale = -0.5");
