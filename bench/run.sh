@@ -10,7 +10,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-valid_suites="kernels observers"
+valid_suites="kernels observers workflow"
 
 usage() {
   echo "usage: bench/run.sh SUITE [--json FILE] [suite flags]; valid suites: ${valid_suites}" >&2
@@ -30,6 +30,12 @@ case "${suite}" in
     # observers: per-batch update of every observer, qparams from a 2048-bin histogram, and
     # PyTorch's MinMaxObserver / HistogramObserver (via /usr/bin/python3) on the same tensor
     target="calq_observers_bench"
+    ;;
+  workflow)
+    # zoo ResNet, batch 64: training step float vs QAT (fake_quant, lsq, pact), calibration
+    # batch (min_max, percentile) vs float inference, and PyTorch eager-mode QAT / calibration
+    # of the same model (via /usr/bin/python3), 1 thread and all threads
+    target="calq_workflow_bench"
     ;;
   -h | --help)
     usage
