@@ -10,7 +10,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-valid_suites="kernels observers workflow"
+valid_suites="kernels observers workflow compare"
 
 usage() {
   echo "usage: bench/run.sh SUITE [--json FILE] [suite flags]; valid suites: ${valid_suites}" >&2
@@ -37,6 +37,11 @@ case "${suite}" in
     # of the same model (via /usr/bin/python3), 1 thread and all threads
     target="calq_workflow_bench"
     ;;
+  compare)
+    # calq run vs the same workflow in PyTorch eager mode (bench/compare_pytorch.py), same
+    # data, epochs, seed and threads; accuracy and time side by side
+    target="calq_cli"
+    ;;
   -h | --help)
     usage
     ;;
@@ -59,4 +64,7 @@ else
 fi
 cmake --build "${build}" --target "${target}" -j "${jobs}"
 
+if [[ "${suite}" == compare ]]; then
+  exec /usr/bin/python3 "${root}/bench/compare.py" --calq "${build}/calq" "$@"
+fi
 exec "${build}/bench/${target}" "$@"
