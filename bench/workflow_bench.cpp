@@ -30,6 +30,7 @@
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
+#include "calq/util/allocator.h"
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -710,6 +711,8 @@ int run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As the calq command line does; float and QAT cases alike run with it.
+  calq::util::keep_freed_memory_mapped();
   try {
     return run(parse(argc, argv));
   } catch (const c10::Error& error) {

@@ -4,6 +4,7 @@
 
 #include <iostream>
 
+#include "calq/util/allocator.h"
 #include "calq/util/progress.h"
 #include "commands.h"
 #include "config.h"
@@ -105,6 +106,7 @@ int main(int argc, char** argv) {
   check->add_option("--qconfig", qconfig_file, "qconfig JSON file (default: calibration recipe)");
 
   CLI11_PARSE(app, argc, argv);
+  calq::util::keep_freed_memory_mapped();
   try {
     CLI::App* chosen = app.get_subcommands().front();
     calq::cli::RunConfig resolved = resolve(*chosen, config, config_file);
