@@ -16,8 +16,8 @@ namespace cli {
 struct RunConfig {
   std::string model = "cnn";
   std::string bits = "8/8";  ///< weights/activations: 4, 8 or 16 each
-  int64_t epochs = 4;        ///< float training epochs
-  int64_t qat_epochs = 1;
+  int64_t epochs = 8;        ///< float training epochs
+  int64_t qat_epochs = 2;
   int64_t calib_batches = 32;
   int64_t batch_size = 128;
   int64_t threads = 0;  ///< 0 = all cores
