@@ -225,6 +225,21 @@ TEST(Workflow, LearnedScaleSteppedAcrossZeroIsProjectedBack) {
   EXPECT_TRUE(torch::equal(y, torch::clamp(torch::round(x / 0.01f), -128, 127) * 0.01f));
 }
 
+TEST(Workflow, QuantStubWithFixedInputScaleIgnoresTheData) {
+  torch::nn::Sequential model(calq::nn::QuantStub(calq::nn::QuantStubOptions().fixed_scale(0.25)),
+                              calq::nn::ReLU());
+  calq::prepare_qat(*model, calibration_qconfig());
+  calq::calibrate(model, synthetic_batches(2, 4));
+  auto stub = model[0]->as<calq::nn::QuantStubImpl>();
+  ASSERT_NE(stub, nullptr);
+  EXPECT_EQ(stub->output_fake_quant()->observer().kind(), "fixed_scale");
+  EXPECT_FLOAT_EQ(stub->output_fake_quant()->scale().item<float>(), 0.25f);
+  calq::set_fake_quantize(*model, calq::FakeQuantState::VALIDATION);
+  const at::Tensor x = torch::tensor({0.1f, 0.3f, -40.0f});
+  EXPECT_TRUE(torch::equal(stub->forward(x), torch::tensor({0.0f, 0.25f, -32.0f})));
+  EXPECT_THROW(calq::nn::QuantStub(calq::nn::QuantStubOptions().fixed_scale(-1.0)), c10::Error);
+}
+
 TEST(Workflow, ValidationComputesTheDeployedFoldedConvolution) {
   TinyNet model = trained_float_model();
   calq::fuse(*model);
