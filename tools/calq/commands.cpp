@@ -1,6 +1,7 @@
 // The single-step subcommands: train, calibrate, evaluate, qat, export, check.
 #include "commands.h"
 
+#include <filesystem>
 #include <iostream>
 
 #include "calq/data/batches.h"
@@ -69,20 +70,11 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   const LoadReport report = load_observer_params(*calibrated_model, *model);
   std::cout << "load_observer_params: " << report.str() << "\n";
   const std::string name = qconfig_file.empty() ? method : "custom";
-  auto result = pipeline::train(*model, ws.train,
-                                pipeline::TrainOptions()
-                                    .epochs(config.qat_epochs)
-                                    .batch_size(config.batch_size)
-                                    .lr(config.qat_lr)
-                                    .cosine(false)
-                                    .seed(config.seed + 1)
-                                    .quantized(true)
-                                    .label("qat " + name)
-                                    .checkpoint(config.out + "/qat/" + name + ".resume.pt")
-                                    .resume(config.resume));
+  auto result = pipeline::train(*model, ws.train, qat_train_options(config, name));
   const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/true);
   const std::string path = config.out + "/qat/" + name + ".pt";
   save_model(*model, meta, path);
+  std::filesystem::remove(qat_resume_checkpoint(config, name));
   std::cout << "qat " << name << ": top-1 " << top1 << "%, " << result.seconds_per_epoch
             << " s/epoch -> " << path << "\n";
   return 0;

@@ -91,20 +91,10 @@ int run_command(const RunConfig& config) {
     zoo::Classifier model =
         prepare_from_float(config, *float_net, qat_qconfig(config, method), &meta);
     const LoadReport report = load_observer_params(*calibrated, *model);
-    auto trained = pipeline::train(*model, ws.train,
-                                   pipeline::TrainOptions()
-                                       .epochs(config.qat_epochs)
-                                       .batch_size(config.batch_size)
-                                       .lr(config.qat_lr)
-                                       .cosine(false)
-                                       .seed(config.seed + 1)
-                                       .quantized(true)
-                                       .label("qat " + method)
-                                       .checkpoint(config.out + "/qat/" + method + ".resume.pt")
-                                       .resume(config.resume));
+    auto trained = pipeline::train(*model, ws.train, qat_train_options(config, method));
     const double top1 = pipeline::evaluate(*model, ws.test, true, 512, "eval qat " + method);
     save_model(*model, meta, path);
-    std::filesystem::remove(config.out + "/qat/" + method + ".resume.pt");
+    std::filesystem::remove(qat_resume_checkpoint(config, method));
     results["qat"][method] = {{"top1", top1},
                               {"seconds_per_epoch", trained.seconds_per_epoch},
                               {"loaded_entries", report.copied.size()},

@@ -77,6 +77,23 @@ QConfig qat_qconfig(const RunConfig& config, const std::string& method) {
                              dtype_kwargs(config.weight_dtype()));
 }
 
+std::string qat_resume_checkpoint(const RunConfig& config, const std::string& name) {
+  return config.out + "/qat/" + name + ".resume.pt";
+}
+
+pipeline::TrainOptions qat_train_options(const RunConfig& config, const std::string& name) {
+  return pipeline::TrainOptions()
+      .epochs(config.qat_epochs)
+      .batch_size(config.batch_size)
+      .lr(config.qat_lr)
+      .cosine(false)
+      .seed(config.seed + 1)
+      .quantized(true)
+      .label("qat " + name)
+      .checkpoint(qat_resume_checkpoint(config, name))
+      .resume(config.resume);
+}
+
 nlohmann::json ModelMeta::to_json() const {
   return {
       {"model", model}, {"prepared", prepared}, {"qconfig", qconfig.to_json()}, {"march", march}};

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "calq/data/fashion_mnist.h"
+#include "calq/pipeline/training.h"
 #include "calq/qconfig.h"
 #include "calq/workflow.h"
 #include "calq/zoo/models.h"
@@ -29,6 +30,12 @@ QConfig calibration_qconfig(const RunConfig& config, const std::string& observer
 /// The QAT recipe of `method`: activations `method` with --qat-observer; weights lsq for lsq,
 /// else fake_quant; min_max weight observer.
 QConfig qat_qconfig(const RunConfig& config, const std::string& method);
+
+/// Where an interrupted QAT of `name` resumes from (removed once it finished).
+std::string qat_resume_checkpoint(const RunConfig& config, const std::string& name);
+/// Steps 9-10 for `name`: --qat-epochs of Adam at constant --qat-lr in state QAT, with a
+/// resumable checkpoint.
+pipeline::TrainOptions qat_train_options(const RunConfig& config, const std::string& name);
 
 /// A model as saved by calq: parameters in `path`, how to rebuild it in `path`.json.
 struct ModelMeta {
