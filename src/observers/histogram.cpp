@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "calq/quant/qparams.h"
+#include "observers/histogram_kernels.h"
 
 namespace calq {
 namespace observers {
@@ -66,74 +67,45 @@ void bin_values(const scalar_t* x, int64_t n, acc_t k, int64_t bins, int64_t* su
   }
 }
 
-typedef float vf8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
+using detail::Extremes;
 
-// The float32 / power-of-two-bins path: indices computed 8 at a time (same arithmetic as
-// bin_index), staged in a small buffer, then counted into 4 interleaved 32-bit copies.
-// Compiled for AVX2 and for the baseline, chosen at load time by the CPU's features.
-__attribute__((target_clones("avx2", "default"))) void bin_values_vector(const float* x, int64_t n,
-                                                                         float k, int64_t bins,
-                                                                         uint32_t* sub) {
-  constexpr int kStage = 512;
-  alignas(32) int32_t idx[kStage];
-  const vi8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
-  const vi8 last = zero + static_cast<int32_t>(bins - 1);
-  const vi8 copy_offset = vi8{0, 1, 2, 3, 0, 1, 2, 3} * static_cast<int32_t>(bins);
-  int64_t j = 0;
-  for (; j + kStage <= n; j += kStage) {
-    for (int t = 0; t < kStage; t += 8) {
-      vi8 bits;
-      std::memcpy(&bits, x + j + t, sizeof(bits));
-      bits &= 0x7fffffff;  // |x|
-      vf8 v;
-      std::memcpy(&v, &bits, sizeof(v));
-      v *= k;
-      vi8 i = __builtin_convertvector(v, vi8);  // truncation = floor for v >= 0
-      const vf8 back = __builtin_convertvector(i, vf8);
-      i += (back == v) & (i > zero);  // on an edge: the bin below (true is -1)
-      i = i < last ? i : last;
-      i += copy_offset;
-      std::memcpy(idx + t, &i, sizeof(i));
-    }
-    for (int t = 0; t < kStage; t += 8) {
-      ++sub[idx[t]];
-      ++sub[idx[t + 1]];
-      ++sub[idx[t + 2]];
-      ++sub[idx[t + 3]];
-      ++sub[idx[t + 4]];
-      ++sub[idx[t + 5]];
-      ++sub[idx[t + 6]];
-      ++sub[idx[t + 7]];
-    }
-  }
-  for (; j < n; ++j) {
-    ++sub[bin_index<float>(std::abs(x[j]) * k, bins - 1)];
-  }
-}
-
-// Float32 data, power-of-two bins: the vector kernel, flushed into 64-bit counts often
-// enough that no 32-bit copy can overflow.
-void accumulate_float_pow2(double* counts, int64_t bins, double range, const float* x, int64_t n) {
+// Float32 data, power-of-two bins: the float kernel (histogram_kernels.h), flushed into
+// 64-bit counts often enough that no 32-bit copy can overflow. Adds to `counts` unless
+// `only_if_in_range` and some value is non-finite or beyond the range; returns the extremes either
+// way.
+Extremes accumulate_float_pow2(double* counts, int64_t bins, double range, const float* x,
+                               int64_t n, bool only_if_in_range) {
   constexpr int64_t kFlush = int64_t{1} << 31;  // at most 2^31 values per flush, < 2^32 per copy
   const float k = static_cast<float>(static_cast<double>(bins) / range);
+  std::vector<int64_t> total(static_cast<size_t>(bins), 0);
+  Extremes extremes;
   std::mutex mutex;
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> sub(static_cast<size_t>(kSubHistograms * bins));
+    std::vector<uint32_t> sub(static_cast<size_t>(detail::kFloatKernelCopies * bins));
     std::vector<int64_t> local(static_cast<size_t>(bins), 0);
+    Extremes local_extremes;
     for (int64_t start = begin; start < end; start += kFlush) {
       std::fill(sub.begin(), sub.end(), 0u);
-      bin_values_vector(x + start, std::min(kFlush, end - start), k, bins, sub.data());
+      local_extremes.add(
+          detail::bin_float_values(x + start, std::min(kFlush, end - start), k, bins, sub.data()));
       for (int64_t b = 0; b < bins; ++b) {
         local[b] +=
             static_cast<int64_t>(sub[b]) + sub[bins + b] + sub[2 * bins + b] + sub[3 * bins + b];
       }
     }
     std::lock_guard<std::mutex> lock(mutex);
+    extremes.add(local_extremes);
     for (int64_t b = 0; b < bins; ++b) {
-      counts[b] += static_cast<double>(local[b]);
+      total[b] += local[b];
     }
   });
+  const double max_abs = std::max(std::abs(extremes.min), std::abs(extremes.max));
+  if (!only_if_in_range || (!extremes.nonfinite && max_abs <= range)) {
+    for (int64_t b = 0; b < bins; ++b) {
+      counts[b] += static_cast<double>(total[b]);
+    }
+  }
+  return extremes;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -187,13 +159,33 @@ void accumulate_abs_histogram(at::Tensor& counts, double range, const at::Tensor
   }
   if (x.scalar_type() == at::kFloat) {
     if (is_power_of_two(bins) && bins <= (int64_t{1} << 24)) {
-      accumulate_float_pow2(out, bins, range, x.data_ptr<float>(), x.numel());
+      accumulate_float_pow2(out, bins, range, x.data_ptr<float>(), x.numel(),
+                            /*only_if_in_range=*/false);
     } else {
       accumulate_typed<float, double>(out, bins, range, x.data_ptr<float>(), x.numel());
     }
   } else {
     accumulate_typed<double, double>(out, bins, range, x.data_ptr<double>(), x.numel());
   }
+}
+
+bool accumulate_abs_histogram_in_range(at::Tensor& counts, double range, const at::Tensor& x,
+                                       float* min_out, float* max_out) {
+  check_accumulate_args(counts, range, x);
+  const int64_t bins = counts.numel();
+  if (x.scalar_type() != at::kFloat || !x.is_contiguous() || x.numel() == 0 || range <= 0.0 ||
+      !is_power_of_two(bins) || bins > (int64_t{1} << 24)) {
+    return false;
+  }
+  const Extremes e =
+      accumulate_float_pow2(counts.data_ptr<double>(), bins, range, x.data_ptr<float>(), x.numel(),
+                            /*only_if_in_range=*/true);
+  if (e.nonfinite || std::max(std::abs(e.min), std::abs(e.max)) > range) {
+    return false;
+  }
+  *min_out = e.min;
+  *max_out = e.max;
+  return true;
 }
 
 void accumulate_abs_histogram_ref(at::Tensor& counts, double range, const at::Tensor& x_in) {

@@ -24,13 +24,19 @@ HistogramObserverImpl::HistogramObserverImpl(std::string kind, ObserverOptions o
   threshold_ = register_buffer("threshold", at::empty({0}, at::kDouble));
 }
 
-AbsHistogram HistogramObserverImpl::histogram() const {
+AbsHistogram HistogramObserverImpl::current_histogram() const {
   TORCH_CHECK(histogram_.numel() == bins_, "observer '", kind_,
               "': no histogram yet; feed at least one batch with update() first");
   AbsHistogram h;
-  h.counts = histogram_.clone();
+  h.counts = histogram_;
   h.range = hist_range_.item<double>();
   h.max_abs = std::max(std::abs(data_min_.item<double>()), std::abs(data_max_.item<double>()));
+  return h;
+}
+
+AbsHistogram HistogramObserverImpl::histogram() const {
+  AbsHistogram h = current_histogram();
+  h.counts = h.counts.clone();
   return h;
 }
 
@@ -42,10 +48,39 @@ double HistogramObserverImpl::threshold() const {
 
 void HistogramObserverImpl::refresh() {
   at::NoGradGuard guard;
-  const double t = compute_threshold(histogram());
-  assign(threshold_, at::full({1}, t, at::kDouble));
-  assign(min_val_, at::maximum(data_min_, at::full({1}, -t, at::kFloat)));
-  assign(max_val_, at::minimum(data_max_, at::full({1}, t, at::kFloat)));
+  const double t = compute_threshold(current_histogram());
+  // Scalar arithmetic and fills: this runs after every batch, where a chain of small ATen
+  // ops would cost more than the rule itself.
+  const float lo = std::max(data_min_.item<float>(), static_cast<float>(-t));
+  const float hi = std::min(data_max_.item<float>(), static_cast<float>(t));
+  auto set_scalar = [](at::Tensor& buffer, double value, at::ScalarType dtype) {
+    if (buffer.numel() == 1 && buffer.scalar_type() == dtype) {
+      buffer.fill_(value);
+    } else {
+      assign(buffer, at::full({1}, value, dtype));
+    }
+  };
+  set_scalar(threshold_, t, at::kDouble);
+  set_scalar(min_val_, lo, at::kFloat);
+  set_scalar(max_val_, hi, at::kFloat);
+}
+
+bool HistogramObserverImpl::try_update_in_one_pass(const at::Tensor& x) {
+  if (histogram_.numel() != bins_ || !histogram_.is_contiguous() ||
+      histogram_.scalar_type() != at::kDouble || data_min_.numel() != 1 || data_max_.numel() != 1) {
+    return false;  // first batch (no range yet) or a state update_impl must normalize
+  }
+  float lo = 0.0f;
+  float hi = 0.0f;
+  if (!accumulate_abs_histogram_in_range(histogram_, hist_range_.item<double>(), x, &lo, &hi)) {
+    return false;
+  }
+  data_min_.fill_(std::min(data_min_.item<float>(), lo));
+  data_max_.fill_(std::max(data_max_.item<float>(), hi));
+  if (refresh_due(batches_seen() + 1)) {
+    refresh();
+  }
+  return true;
 }
 
 void HistogramObserverImpl::update_impl(const Batch& batch) {

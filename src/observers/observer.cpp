@@ -76,6 +76,11 @@ void ObserverImpl::update(const at::Tensor& input) {
                 s.ch_axis(), " of shape ", x.sizes(), ")");
   }
 
+  if (!s.per_channel() && try_update_in_one_pass(x)) {
+    batches_.add_(1);
+    return;
+  }
+
   Batch batch;
   batch.x = x;
   auto minmax = [&](const at::Tensor& data) {

@@ -8,6 +8,7 @@
 #include "calq/observers/histogram.h"
 #include "calq/observers/registry.h"
 #include "calq/quant/qparams.h"
+#include "observers/histogram_kernels.h"
 #include "observers/observer_test_util.h"
 
 namespace calq {
@@ -15,6 +16,19 @@ namespace observers {
 namespace {
 
 using testing::value;
+
+// Runs `body` once with each float binning kernel this CPU has, then restores the default.
+template <typename Body>
+void for_each_float_kernel(Body body) {
+  using detail::FloatKernel;
+  for (FloatKernel kernel : {FloatKernel::portable, FloatKernel::avx512}) {
+    if (!detail::float_kernel_available(kernel)) continue;
+    const FloatKernel previous = detail::set_float_kernel(kernel);
+    SCOPED_TRACE(kernel == FloatKernel::portable ? "portable kernel" : "avx512 kernel");
+    body();
+    detail::set_float_kernel(previous);
+  }
+}
 
 AbsHistogram make_hist(std::vector<double> counts, double range, double max_abs) {
   AbsHistogram h;
@@ -40,19 +54,91 @@ TEST(Histogram, RightClosedBinsByHand) {
 }
 
 TEST(Histogram, KernelMatchesReferenceOverSizesAndBins) {
-  torch::manual_seed(1);
-  for (int64_t bins : {2, 7, 256, 2048}) {
-    for (int64_t n : {1, 2, 5, 8, 9, 16, 20, 28, 32, 33, 100000}) {
-      const at::Tensor x = torch::randn({n}) * 3;
-      const double range = histogram_range_for(x.abs().max().item<double>());
-      at::Tensor fast = torch::zeros({bins}, torch::kDouble);
-      at::Tensor ref = torch::zeros({bins}, torch::kDouble);
-      accumulate_abs_histogram(fast, range, x);
-      accumulate_abs_histogram_ref(ref, range, x);
-      EXPECT_TRUE(at::equal(fast, ref)) << "bins " << bins << " n " << n;
-      EXPECT_EQ(fast.sum().item<double>(), static_cast<double>(n));
+  for_each_float_kernel([] {
+    torch::manual_seed(1);
+    for (int64_t bins : {2, 7, 256, 2048}) {
+      for (int64_t n : {1, 2, 5, 8, 9, 16, 20, 28, 32, 33, 100000}) {
+        // Half the values exactly 0 (a ReLU's output) in the second variant.
+        for (bool relu : {false, true}) {
+          at::Tensor x = torch::randn({n}) * 3;
+          if (relu) x = x.relu();
+          const double range = histogram_range_for(x.abs().max().item<double>());
+          at::Tensor fast = torch::zeros({bins}, torch::kDouble);
+          at::Tensor ref = torch::zeros({bins}, torch::kDouble);
+          accumulate_abs_histogram(fast, range, x);
+          accumulate_abs_histogram_ref(ref, range, x);
+          EXPECT_TRUE(at::equal(fast, ref)) << "bins " << bins << " n " << n << " relu " << relu;
+          EXPECT_EQ(fast.sum().item<double>(), static_cast<double>(n));
+        }
+      }
     }
-  }
+    // Values exactly on bin edges (powers of two times k are exact in float32).
+    at::Tensor edges = torch::arange(0, 2049, torch::kFloat).repeat({3}) / 1024.0f;
+    at::Tensor fast = torch::zeros({2048}, torch::kDouble);
+    at::Tensor ref = torch::zeros({2048}, torch::kDouble);
+    accumulate_abs_histogram(fast, 2.0, edges);
+    accumulate_abs_histogram_ref(ref, 2.0, edges);
+    EXPECT_TRUE(at::equal(fast, ref));
+  });
+}
+
+TEST(Histogram, OnePassMatchesTwoPassesAtAnyThreadCount) {
+  for_each_float_kernel([] {
+    torch::manual_seed(11);
+    const int threads = at::get_num_threads();
+    for (int t : {1, 2}) {
+      at::set_num_threads(t);
+      for (int64_t bins : {256, 2048}) {
+        // Sizes around the 512-value staging block and the 32768-value parallel grain.
+        for (int64_t n : {1, 7, 511, 512, 513, 4096, 40000, 100003}) {
+          const at::Tensor x = torch::randn({n}) * 3;
+          const double range = histogram_range_for(x.abs().max().item<double>());
+          at::Tensor one_pass = torch::zeros({bins}, torch::kDouble);
+          at::Tensor ref = torch::zeros({bins}, torch::kDouble);
+          float lo = 0, hi = 0;
+          ASSERT_TRUE(accumulate_abs_histogram_in_range(one_pass, range, x, &lo, &hi));
+          accumulate_abs_histogram_ref(ref, range, x);
+          EXPECT_TRUE(at::equal(one_pass, ref))
+              << "bins " << bins << " n " << n << " threads " << t;
+          EXPECT_EQ(lo, x.min().item<float>());
+          EXPECT_EQ(hi, x.max().item<float>());
+        }
+      }
+    }
+    at::set_num_threads(threads);
+  });
+}
+
+TEST(Histogram, OnePassDeclinesAndLeavesCountsUntouched) {
+  for_each_float_kernel([] {
+    torch::manual_seed(12);
+    const at::Tensor base = torch::rand({1030}) * 2 - 1;  // |x| < 1: range 1 fits
+    at::Tensor counts = torch::zeros({2048}, torch::kDouble);
+    accumulate_abs_histogram(counts, 1.0, base);
+    const at::Tensor before = counts.clone();
+    float lo = 0, hi = 0;
+    auto with = [&](int64_t at_index, float v) {
+      at::Tensor x = base.clone();
+      x[at_index] = v;
+      return x;
+    };
+    // Bad values in the vector body (index 5) and in the scalar tail (index 1029).
+    for (int64_t i : {5, 1029}) {
+      for (float v : {NAN, INFINITY, -INFINITY, 1.5f, -3.0f}) {
+        EXPECT_FALSE(accumulate_abs_histogram_in_range(counts, 1.0, with(i, v), &lo, &hi))
+            << "value " << v << " at " << i;
+        EXPECT_TRUE(at::equal(counts, before));
+      }
+    }
+    EXPECT_FALSE(accumulate_abs_histogram_in_range(counts, 0.0, base * 0, &lo, &hi));  // no range
+    EXPECT_FALSE(accumulate_abs_histogram_in_range(counts, 1.0, base.to(torch::kDouble), &lo, &hi));
+    at::Tensor odd = torch::zeros({1000}, torch::kDouble);  // not a power of two
+    EXPECT_FALSE(accumulate_abs_histogram_in_range(odd, 1.0, base, &lo, &hi));
+    EXPECT_TRUE(at::equal(counts, before));
+    // |x| == range exactly is in range (the last bin).
+    EXPECT_TRUE(accumulate_abs_histogram_in_range(counts, 1.0, with(5, -1.0f), &lo, &hi));
+    EXPECT_EQ(lo, -1.0f);
+  });
 }
 
 TEST(Histogram, WideningEqualsDirectBinning) {
@@ -129,6 +215,45 @@ TEST(PercentileObserver, AccumulatesAcrossRangesAndMergesExactly) {
   // Threshold within one bin width of the exact quantile (docs/observers.md bound).
   const double exact = std::get<0>(all.abs().sort()).index({3996 - 1}).item<double>();
   EXPECT_LE(std::abs(h.threshold() - exact), hist.bin_width());
+}
+
+TEST(PercentileObserver, OnePassUpdatesLeaveTheGeneralPathState) {
+  // Batch 1 sets the range (general path), 2 fits it (one pass), 3 widens it, 4 holds a NaN
+  // (skipped), 5 is float64, 6 fits again. Merging single-batch observers (each takes the
+  // general path only) must give the same state as the sequence.
+  torch::manual_seed(13);
+  at::Tensor with_nan = torch::randn({3000});
+  with_nan[17] = NAN;
+  const std::vector<at::Tensor> batches = {torch::randn({3000}),
+                                           torch::randn({3000}) * 0.5,
+                                           torch::randn({3000}) * 9,
+                                           with_nan,
+                                           torch::randn({3000}, torch::kDouble),
+                                           torch::randn({3000})};
+  auto make = [] {
+    return make_observer("percentile", QuantSpec(),
+                         {{"percentile", 99.0}, {"skip_nonfinite", true}});
+  };
+  Observer seq = make(), merged = make();
+  for (const at::Tensor& x : batches) {
+    seq->update(x);
+    Observer single = make();
+    single->update(x);
+    merged->merge(*single);
+  }
+  testing::expect_same_state(*seq, *merged);
+  EXPECT_EQ(seq->nonfinite_count(), 1);
+  EXPECT_EQ(seq->batches_seen(), 6);
+  at::Tensor finite =
+      torch::cat({batches[0], batches[1], batches[2], with_nan.index({torch::isfinite(with_nan)}),
+                  batches[4].to(torch::kFloat), batches[5]});
+  auto& h = static_cast<PercentileObserverImpl&>(*seq);
+  at::Tensor direct = torch::zeros({2048}, torch::kDouble);
+  accumulate_abs_histogram_ref(direct, h.histogram().range, finite);
+  EXPECT_TRUE(at::equal(h.histogram().counts, direct));
+  auto r = seq->range();
+  EXPECT_EQ(value(r.first), std::max(finite.min().item<double>(), -h.threshold()));
+  EXPECT_EQ(value(r.second), std::min(finite.max().item<double>(), h.threshold()));
 }
 
 TEST(PercentileObserver, OtherRulesOnTheCollectedHistogram) {

@@ -45,6 +45,13 @@ double histogram_range_for(double max_abs);
 /// product is a power-of-two scaling), otherwise in float64 (exact for float32 data).
 /// Runs in parallel with per-thread counts; the result does not depend on the thread count.
 void accumulate_abs_histogram(at::Tensor& counts, double range, const at::Tensor& x);
+/// The one-pass form for a histogram whose range is already known: when x is float32,
+/// contiguous and non-empty, every value is finite with |x| <= range (> 0) and bins is a power
+/// of two, adds x exactly as accumulate_abs_histogram does, sets *min_out / *max_out to the
+/// extremes of x and returns true. Otherwise returns false and leaves counts untouched (the
+/// caller then computes the range and takes the two-pass path).
+bool accumulate_abs_histogram_in_range(at::Tensor& counts, double range, const at::Tensor& x,
+                                       float* min_out, float* max_out);
 /// Scalar twin of accumulate_abs_histogram, for tests.
 void accumulate_abs_histogram_ref(at::Tensor& counts, double range, const at::Tensor& x);
 

@@ -36,7 +36,14 @@ class HistogramObserverImpl : public ObserverImpl {
   virtual bool refresh_due(int64_t batches) const { return true; }
 
   void update_impl(const Batch& batch) final;
+  /// Once the histogram has a range, a batch within it is binned and its extremes found in
+  /// one read (accumulate_abs_histogram_in_range); a batch that widens the range, holds
+  /// non-finite values or is float64 takes update_impl.
+  bool try_update_in_one_pass(const at::Tensor& x) final;
   void merge_impl(const ObserverImpl& other) final;
+
+  /// The histogram buffer itself (no copy), for the threshold rules.
+  AbsHistogram current_histogram() const;
 
   int64_t bins_;
   at::Tensor histogram_;

@@ -97,6 +97,11 @@ class ObserverImpl : public torch::nn::Module {
   };
   /// Accumulates a batch; batches_seen() still counts the earlier batches only.
   virtual void update_impl(const Batch& batch) = 0;
+  /// Optional fast path for a per-tensor batch (x finite or not, contiguous, float32 or
+  /// float64): accumulate x in a single read and return true, or return false (state
+  /// untouched) to take the general path (batch statistics, non-finite checks, update_impl).
+  /// Must leave exactly the state update_impl would. Default: false.
+  virtual bool try_update_in_one_pass(const at::Tensor& x) { return false; }
   /// Merges `other` (same kind and configuration, has data) into this (has data).
   virtual void merge_impl(const ObserverImpl& other) = 0;
   /// Default: compute_qparams(min_val, max_val, spec).
