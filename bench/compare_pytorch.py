@@ -22,12 +22,8 @@ Steps (each timed):
      symmetric [-2^(W-1), 2^(W-1) - 1]); Adam lr 1e-4 constant; evaluated in fake-quant mode
      with observers disabled and BN statistics frozen.
 
-Quantization points follow calq's model zoo rather than eager mode's defaults (both PTQ and
-QAT): the logits stay float (calq's "32-bit output" for the last layer); conv-BN-ReLU6 is one
-calq block, so the conv-BN output before a ReLU6 is not quantized (eager mode cannot fuse
-ReLU6); calq quantizes the outputs of ReLU after a residual add and of adaptive average
-pooling, which eager mode leaves alone. Each model lists these in unquantized_outputs() and
-extra_quantized_outputs(); align_quantization_points() applies them after prepare.
+Models and quantization points: bench/pytorch_zoo.py (calq's zoo; both sides quantize the same
+tensors), aligned after prepare by align_quantization_points().
 
 Writes JSON in calq's report shape:
   {"float": {"top1", "seconds_per_epoch"}, "calibration": {"histogram": {"top1", "seconds"}},
@@ -49,6 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.intrinsic.qat as nniqat
 from torch.ao import quantization as tq
+
+from pytorch_zoo import MODELS, align_quantization_points
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 MEAN, STD = 0.2860, 0.3530
@@ -130,171 +128,9 @@ def calibration_batches(images, labels, num_batches, seed):
 
 
 # ---------------------------------------------------------------------------------------------
-# Models: the model zoo of calq, with eager-mode quantization points. Every conv followed by
-# BN has no bias. fuse_groups() lists the modules fuse_modules merges.
+# Models: bench/pytorch_zoo.py (calq's model zoo with eager-mode quantization points).
 # ---------------------------------------------------------------------------------------------
 
-def conv_bn(in_ch, out_ch, kernel, stride=1, groups=1):
-    return (nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(out_ch))
-
-
-class Cnn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.quant = tq.QuantStub()
-        self.conv1, self.bn1 = conv_bn(1, 16, 3)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv2, self.bn2 = conv_bn(16, 32, 3)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(32 * 7 * 7, 128)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(128, 10)
-        self.dequant = tq.DeQuantStub()
-
-    def forward(self, x):
-        x = self.quant(x)
-        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
-        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
-        x = self.relu3(self.fc1(self.flatten(x)))
-        return self.dequant(self.fc2(x))
-
-    def fuse_groups(self):
-        return [["conv1", "bn1", "relu1"], ["conv2", "bn2", "relu2"], ["fc1", "relu3"]]
-
-    def unquantized_outputs(self):
-        return ["fc2"]
-
-    def extra_quantized_outputs(self):
-        return []
-
-
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU, conv3x3-BN, add the shortcut (FloatFunctional), ReLU."""
-
-    def __init__(self, in_ch, out_ch, stride):
-        super().__init__()
-        self.conv1, self.bn1 = conv_bn(in_ch, out_ch, 3, stride)
-        self.relu1 = nn.ReLU()
-        self.conv2, self.bn2 = conv_bn(out_ch, out_ch, 3)
-        self.shortcut = (nn.Sequential(*conv_bn(in_ch, out_ch, 1, stride))
-                         if stride != 1 or in_ch != out_ch else None)
-        self.skip_add = nn.quantized.FloatFunctional()
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        identity = self.shortcut(x) if self.shortcut is not None else x
-        return self.relu(self.skip_add.add(out, identity))
-
-    def fuse_groups(self, prefix):
-        groups = [[f"{prefix}.conv1", f"{prefix}.bn1", f"{prefix}.relu1"],
-                  [f"{prefix}.conv2", f"{prefix}.bn2"]]
-        if self.shortcut is not None:
-            groups.append([f"{prefix}.shortcut.0", f"{prefix}.shortcut.1"])
-        return groups
-
-
-class ResNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.quant = tq.QuantStub()
-        self.conv, self.bn = conv_bn(1, 16, 3)
-        self.relu = nn.ReLU()
-        self.layer1 = BasicBlock(16, 16, 1)
-        self.layer2 = BasicBlock(16, 32, 2)
-        self.layer3 = BasicBlock(32, 64, 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(64, 10)
-        self.dequant = tq.DeQuantStub()
-
-    def forward(self, x):
-        x = self.relu(self.bn(self.conv(self.quant(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.dequant(self.fc(self.flatten(self.pool(x))))
-
-    def fuse_groups(self):
-        groups = [["conv", "bn", "relu"]]
-        for name in ("layer1", "layer2", "layer3"):
-            groups += getattr(self, name).fuse_groups(name)
-        return groups
-
-    def unquantized_outputs(self):
-        return ["fc"]
-
-    def extra_quantized_outputs(self):
-        return ["layer1.relu", "layer2.relu", "layer3.relu", "pool"]
-
-
-class InvertedResidual(nn.Module):
-    """Expand 1x1 (x t) - BN - ReLU6, depthwise 3x3 - BN - ReLU6, project 1x1 - BN, plus the
-    input when the shapes match."""
-
-    def __init__(self, in_ch, out_ch, stride, expand=4):
-        super().__init__()
-        hidden = in_ch * expand
-        self.expand_conv, self.expand_bn = conv_bn(in_ch, hidden, 1)
-        self.expand_relu = nn.ReLU6()
-        self.dw_conv, self.dw_bn = conv_bn(hidden, hidden, 3, stride, groups=hidden)
-        self.dw_relu = nn.ReLU6()
-        self.project_conv, self.project_bn = conv_bn(hidden, out_ch, 1)
-        residual = stride == 1 and in_ch == out_ch
-        self.skip_add = nn.quantized.FloatFunctional() if residual else None
-
-    def forward(self, x):
-        out = self.expand_relu(self.expand_bn(self.expand_conv(x)))
-        out = self.dw_relu(self.dw_bn(self.dw_conv(out)))
-        out = self.project_bn(self.project_conv(out))
-        return self.skip_add.add(x, out) if self.skip_add is not None else out
-
-    def fuse_groups(self, prefix):
-        return [[f"{prefix}.{part}_conv", f"{prefix}.{part}_bn"]
-                for part in ("expand", "dw", "project")]
-
-
-class MobileNet(nn.Module):
-    BLOCKS = [(16, 16, 1), (16, 24, 2), (24, 24, 1), (24, 32, 2), (32, 32, 1)]
-
-    def __init__(self):
-        super().__init__()
-        self.quant = tq.QuantStub()
-        self.conv, self.bn = conv_bn(1, 16, 3)
-        self.relu = nn.ReLU6()
-        self.blocks = nn.Sequential(*[InvertedResidual(i, o, s) for i, o, s in self.BLOCKS])
-        self.head_conv, self.head_bn = conv_bn(32, 128, 1)
-        self.head_relu = nn.ReLU6()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(128, 10)
-        self.dequant = tq.DeQuantStub()
-
-    def forward(self, x):
-        x = self.relu(self.bn(self.conv(self.quant(x))))
-        x = self.head_relu(self.head_bn(self.head_conv(self.blocks(x))))
-        return self.dequant(self.fc(self.flatten(self.pool(x))))
-
-    def fuse_groups(self):
-        groups = [["conv", "bn"], ["head_conv", "head_bn"]]
-        for i, block in enumerate(self.blocks):
-            groups += block.fuse_groups(f"blocks.{i}")
-        return groups
-
-    def unquantized_outputs(self):
-        # conv-BN outputs that feed a ReLU6, and the logits.
-        names = ["conv", "head_conv", "fc"]
-        for i in range(len(self.blocks)):
-            names += [f"blocks.{i}.expand_conv", f"blocks.{i}.dw_conv"]
-        return names
-
-    def extra_quantized_outputs(self):
-        return ["pool"]
-
-
-MODELS = {"cnn": Cnn, "resnet": ResNet, "mobilenet": MobileNet}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,25 +229,6 @@ class FixedFakeQuantize(nn.Module):
     def forward(self, x):
         return torch.fake_quantize_per_tensor_affine(
             x, self.scale, self.zero_point, self.quant_min, self.quant_max)
-
-
-def _quantize_output_hook(module, inputs, output):
-    return module.activation_post_process(output)
-
-
-def align_quantization_points(model, activation):
-    """Applies the model's differences to eager mode's quantization points (module docstring):
-    no observer / fake-quant on unquantized_outputs(), a new one from the `activation` factory
-    on extra_quantized_outputs()."""
-    modules = dict(model.named_modules())
-    for name in model.unquantized_outputs():
-        if not hasattr(modules[name], "activation_post_process"):
-            raise RuntimeError(f"{name} has no quantization point to remove")
-        modules[name].activation_post_process = nn.Identity()
-    for name in model.extra_quantized_outputs():
-        module = modules[name]
-        module.activation_post_process = activation()
-        module.register_forward_hook(_quantize_output_hook)
 
 
 def simulate_calibrated(model, weight_observer):

@@ -337,9 +337,8 @@ class ModuleWalker {
     const bool has_shortcut = modules_.count(prefix + ".shortcut") > 0;
     const at::Tensor identity = has_shortcut ? unary(prefix + ".shortcut", x) : x;
     at::Tensor y = unary(prefix + ".conv2", unary(prefix + ".conv1", x));
-    auto* add = get<calq::nn::AddImpl>(prefix + ".add");
-    y = timed(prefix + ".add", [&] { return add->forward(y, identity); });
-    return unary(prefix + ".relu", y);
+    auto* add_relu = get<calq::nn::AddReLUImpl>(prefix + ".add_relu");
+    return timed(prefix + ".add_relu", [&] { return add_relu->forward(y, identity); });
   }
 
   std::map<std::string, std::shared_ptr<torch::nn::Module>> modules_;

@@ -4,8 +4,9 @@ which has python3-torch 1.13).
     /usr/bin/python3 bench/workflow_pytorch.py [--repetitions N] [--steps-per-sample N]
         [--warmup N] --threads T [T ...]
 
-The zoo ResNet of calq (stem Conv-BN-ReLU 16, BasicBlocks 16, 32/2, 64/2, average pool,
-Linear 64->10), batch 64 of synthetic 1x28x28 images, timed per call:
+The zoo ResNet of calq (bench/pytorch_zoo.py: stem Conv-BN-ReLU 16, BasicBlocks 16, 32/2, 64/2
+ending in add_relu, average pool, Linear 64->10; the same quantization points as calq: float
+logits, quantized pool output), batch 64 of synthetic 1x28x28 images, timed per call:
 
   train_step/float        float model, train mode: forward, cross-entropy, backward, Adam step;
   train_step/<method>     eager-mode QAT: fuse_modules_qat, get_default_qat_qconfig("fbgemm"),
@@ -31,69 +32,13 @@ import torch
 import torch.nn as nn
 from torch.ao import quantization as tq
 
+from pytorch_zoo import ResNet, align_quantization_points
+
 BATCH = 64
 CLASSES = 10
 SEED = 0
 # Adam's arithmetic does not depend on the learning rate; as in the C++ harness.
 LEARNING_RATE = 1e-6
-
-
-# The zoo ResNet with eager-mode quantization points (as bench/compare_pytorch.py). The add
-# and the block's last ReLU are one FloatFunctional.add_relu, as in torchvision's quantizable
-# ResNet.
-
-def conv_bn(in_ch, out_ch, kernel, stride=1):
-    return (nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False),
-            nn.BatchNorm2d(out_ch))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, in_ch, out_ch, stride):
-        super().__init__()
-        self.conv1, self.bn1 = conv_bn(in_ch, out_ch, 3, stride)
-        self.relu1 = nn.ReLU()
-        self.conv2, self.bn2 = conv_bn(out_ch, out_ch, 3)
-        self.shortcut = (nn.Sequential(*conv_bn(in_ch, out_ch, 1, stride))
-                         if stride != 1 or in_ch != out_ch else None)
-        self.add_relu = nn.quantized.FloatFunctional()
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        identity = self.shortcut(x) if self.shortcut is not None else x
-        return self.add_relu.add_relu(out, identity)
-
-    def fuse_groups(self, prefix):
-        groups = [[f"{prefix}.conv1", f"{prefix}.bn1", f"{prefix}.relu1"],
-                  [f"{prefix}.conv2", f"{prefix}.bn2"]]
-        if self.shortcut is not None:
-            groups.append([f"{prefix}.shortcut.0", f"{prefix}.shortcut.1"])
-        return groups
-
-
-class ResNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.quant = tq.QuantStub()
-        self.conv, self.bn = conv_bn(1, 16, 3)
-        self.relu = nn.ReLU()
-        self.layer1 = BasicBlock(16, 16, 1)
-        self.layer2 = BasicBlock(16, 32, 2)
-        self.layer3 = BasicBlock(32, 64, 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(64, CLASSES)
-        self.dequant = tq.DeQuantStub()
-
-    def forward(self, x):
-        x = self.relu(self.bn(self.conv(self.quant(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.dequant(self.fc(self.flatten(self.pool(x))))
-
-    def fuse_groups(self):
-        groups = [["conv", "bn", "relu"]]
-        for name in ("layer1", "layer2", "layer3"):
-            groups += getattr(self, name).fuse_groups(name)
-        return groups
 
 
 def fresh_model():
@@ -106,6 +51,7 @@ def qat_model():
     tq.fuse_modules_qat(model, model.fuse_groups(), inplace=True)
     model.qconfig = tq.get_default_qat_qconfig("fbgemm")
     tq.prepare_qat(model, inplace=True)
+    align_quantization_points(model, model.qconfig.activation)
     return model
 
 
@@ -114,6 +60,7 @@ def calibration_model(qconfig):
     tq.fuse_modules(model, model.fuse_groups(), inplace=True)
     model.qconfig = qconfig
     tq.prepare(model, inplace=True)
+    align_quantization_points(model, model.qconfig.activation)
     return model
 
 

@@ -22,6 +22,11 @@ at::Tensor AddImpl::forward(const at::Tensor& a, const at::Tensor& b) {
   return quantize_output(at::add(a, b));
 }
 
+at::Tensor AddReLUImpl::forward(const at::Tensor& a, const at::Tensor& b) {
+  // In place on the fresh sum: one buffer instead of two (add's backward needs no output).
+  return quantize_output(at::add(a, b).relu_());
+}
+
 at::Tensor MulImpl::forward(const at::Tensor& a, const at::Tensor& b) {
   return quantize_output(at::mul(a, b));
 }

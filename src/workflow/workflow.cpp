@@ -52,25 +52,11 @@ std::vector<std::pair<std::string, FakeQuantizeImpl*>> fake_quantizers(torch::nn
 }
 
 const std::set<std::string>& known_type_names() {
-  static const std::set<std::string> names = {"QuantStub",
-                                              "DeQuantStub",
-                                              "Conv2d",
-                                              "ConvReLU2d",
-                                              "ConvBn2d",
-                                              "ConvBnReLU2d",
-                                              "ConvBnReLU6_2d",
-                                              "Linear",
-                                              "LinearReLU",
-                                              "ReLU",
-                                              "ReLU6",
-                                              "Add",
-                                              "Mul",
-                                              "Cat",
-                                              "MaxPool2d",
-                                              "AvgPool2d",
-                                              "AdaptiveAvgPool2d",
-                                              "Flatten",
-                                              "Identity"};
+  static const std::set<std::string> names = {
+      "QuantStub",      "DeQuantStub", "Conv2d",     "ConvReLU2d", "ConvBn2d",  "ConvBnReLU2d",
+      "ConvBnReLU6_2d", "Linear",      "LinearReLU", "ReLU",       "ReLU6",     "Add",
+      "AddReLU",        "Mul",         "Cat",        "MaxPool2d",  "AvgPool2d", "AdaptiveAvgPool2d",
+      "Flatten",        "Identity"};
   return names;
 }
 

@@ -46,7 +46,8 @@ class SmallCnnImpl : public ClassifierImpl {
   nn::DeQuantStub dequant{nullptr};
 };
 
-// conv3x3-BN-ReLU -> conv3x3-BN -> add(shortcut) -> ReLU.
+// conv3x3-BN-ReLU -> conv3x3-BN -> add the shortcut and ReLU (one AddReLU quantization point,
+// as torchvision's quantizable ResNet and integer accelerators fuse them).
 class BasicBlockImpl : public torch::nn::Module {
  public:
   BasicBlockImpl(int64_t in, int64_t out, int64_t stride) {
@@ -55,17 +56,15 @@ class BasicBlockImpl : public torch::nn::Module {
     if (stride != 1 || in != out) {
       shortcut = register_module("shortcut", nn::ConvBn2d(conv_options(in, out, 1, stride)));
     }
-    add = register_module("add", nn::Add());
-    relu = register_module("relu", nn::ReLU());
+    add_relu = register_module("add_relu", nn::AddReLU());
   }
   at::Tensor forward(const at::Tensor& x) {
     at::Tensor identity = shortcut.is_empty() ? x : shortcut(x);
-    return relu(add(conv2(conv1(x)), identity));
+    return add_relu(conv2(conv1(x)), identity);
   }
   nn::ConvBnReLU2d conv1{nullptr};
   nn::ConvBn2d conv2{nullptr}, shortcut{nullptr};
-  nn::Add add{nullptr};
-  nn::ReLU relu{nullptr};
+  nn::AddReLU add_relu{nullptr};
 };
 TORCH_MODULE(BasicBlock);
 

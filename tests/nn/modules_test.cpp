@@ -152,6 +152,7 @@ TEST(Layers, MatchTorchFunctional) {
   EXPECT_TRUE(torch::equal(calq::nn::ReLU()(a), torch::relu(a)));
   EXPECT_TRUE(torch::equal(calq::nn::ReLU6()(a), torch::nn::ReLU6()(a)));
   EXPECT_TRUE(torch::equal(calq::nn::Add()(a, b), a + b));
+  EXPECT_TRUE(torch::equal(calq::nn::AddReLU()(a, b), torch::relu(a + b)));
   EXPECT_TRUE(torch::equal(calq::nn::Mul()(a, b), a * b));
   EXPECT_TRUE(torch::equal(calq::nn::Cat(1)->forward({a, b}), torch::cat({a, b}, 1)));
   EXPECT_TRUE(torch::equal(calq::nn::MaxPool2d(calq::nn::MaxPool2dOptions(2))(a),
@@ -165,6 +166,29 @@ TEST(Layers, MatchTorchFunctional) {
   EXPECT_TRUE(torch::equal(calq::nn::Identity()(a), a));
   EXPECT_TRUE(torch::equal(calq::nn::QuantStub()(a), a));
   EXPECT_TRUE(torch::equal(calq::nn::DeQuantStub()(a), a));
+}
+
+TEST(AddReLU, GradientsMatchReluOfSumAndOutputIsOneQuantizationPoint) {
+  torch::manual_seed(4);
+  auto a = torch::randn({2, 3, 5, 5}, torch::requires_grad());
+  auto b = torch::randn({2, 3, 5, 5}, torch::requires_grad());
+  auto a2 = a.detach().clone().requires_grad_(), b2 = b.detach().clone().requires_grad_();
+  const auto g = torch::randn({2, 3, 5, 5});
+  (calq::nn::AddReLU()(a, b) * g).sum().backward();
+  (torch::relu(a2 + b2) * g).sum().backward();
+  EXPECT_TRUE(torch::equal(a.grad(), a2.grad()));
+  EXPECT_TRUE(torch::equal(b.grad(), b2.grad()));
+
+  // Prepared: the quantizer sees the sum after the ReLU, so its range starts at 0.
+  calq::nn::AddReLU add_relu;
+  calq::prepare_qat(*add_relu, calq::get_default_qconfig());
+  ASSERT_FALSE(add_relu->output_fake_quant().is_empty());
+  calq::set_fake_quantize(*add_relu, calq::FakeQuantState::CALIBRATION);
+  const auto x = torch::randn({4, 8}) * 3;
+  EXPECT_TRUE(torch::equal(add_relu(x, -x * 0.5), torch::relu(x * 0.5)));
+  const auto range = add_relu->output_fake_quant()->observer().range();
+  EXPECT_EQ(range.first.item<float>(), 0.0f);
+  EXPECT_EQ(range.second.item<float>(), torch::relu(x * 0.5).max().item<float>());
 }
 
 TEST(Conv2d, RejectsUnsupportedOptions) {

@@ -1,5 +1,5 @@
 #pragma once
-// Functional operations as modules (each output a quantization point): Add, Mul, Cat.
+// Functional operations as modules (each output a quantization point): Add, AddReLU, Mul, Cat.
 // In C++ a model calls these modules where Python would call `a + b`, so that the sum gets
 // its own quantization slot, as on the accelerator.
 
@@ -19,6 +19,16 @@ class AddImpl : public QuantModuleImpl {
   at::Tensor forward(const at::Tensor& a, const at::Tensor& b);
 };
 TORCH_MODULE(Add);
+
+/// max(a + b, 0): the residual add of a ResNet block fused with the ReLU after it, one
+/// quantization point (the sum is not quantized before the ReLU), as integer accelerators
+/// execute it and as PyTorch's FloatFunctional.add_relu. Float output equals relu(a + b).
+class AddReLUImpl : public QuantModuleImpl {
+ public:
+  AddReLUImpl() : QuantModuleImpl("AddReLU") {}
+  at::Tensor forward(const at::Tensor& a, const at::Tensor& b);
+};
+TORCH_MODULE(AddReLU);
 
 /// a * b (broadcasting as at::mul).
 class MulImpl : public QuantModuleImpl {
