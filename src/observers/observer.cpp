@@ -5,11 +5,56 @@
 #include <torch/nn/module.h>
 
 #include <cmath>
+#include <limits>
+#include <utility>
 
 #include "calq/quant/qparams.h"
 
 namespace calq {
 namespace observers {
+
+namespace {
+
+// Whether every value of a float32 tensor is finite.
+bool all_finite(const at::Tensor& t) {
+  const at::Tensor values = t.contiguous();
+  const float* p = values.data_ptr<float>();
+  for (int64_t i = 0; i < values.numel(); ++i) {
+    if (!std::isfinite(p[i])) return false;
+  }
+  return true;
+}
+
+// Up to this many values (a weight, a small activation) the extremes come from one plain
+// loop: the ATen reduction's dispatch costs more than the data there.
+constexpr int64_t kSmallTensor = int64_t{1} << 16;
+
+// Per-row min and max of a contiguous float32 {rows, numel / rows} block, with at::aminmax's
+// semantics (a row holding NaN gives NaN; +-Inf are ordinary values). numel > 0.
+std::pair<at::Tensor, at::Tensor> rows_min_max(const float* x, int64_t rows, int64_t numel) {
+  at::Tensor mn = at::empty({rows}, at::kFloat);
+  at::Tensor mx = at::empty({rows}, at::kFloat);
+  float* pmn = mn.data_ptr<float>();
+  float* pmx = mx.data_ptr<float>();
+  const int64_t cols = numel / rows;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * cols;
+    float lo = std::numeric_limits<float>::infinity();
+    float hi = -lo;
+    bool nan = false;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float v = row[j];
+      nan |= v != v;
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
+    }
+    pmn[r] = nan ? std::numeric_limits<float>::quiet_NaN() : lo;
+    pmx[r] = nan ? std::numeric_limits<float>::quiet_NaN() : hi;
+  }
+  return {mn, mx};
+}
+
+}  // namespace
 
 ObserverImpl::ObserverImpl(std::string kind, ObserverOptions options)
     : kind_(std::move(kind)), options_(std::move(options)) {
@@ -85,6 +130,13 @@ void ObserverImpl::update(const at::Tensor& input) {
   batch.x = x;
   auto minmax = [&](const at::Tensor& data) {
     at::Tensor mn, mx;
+    const int64_t axis = s.ch_axis() < 0 ? s.ch_axis() + data.dim() : s.ch_axis();
+    if (data.scalar_type() == at::kFloat && data.is_contiguous() && data.numel() <= kSmallTensor &&
+        (!s.per_channel() || axis == 0)) {
+      std::tie(batch.min_val, batch.max_val) =
+          rows_min_max(data.data_ptr<float>(), s.per_channel() ? data.size(0) : 1, data.numel());
+      return;
+    }
     if (s.per_channel()) {
       std::tie(mn, mx) = at::aminmax(as_channels(data), 1);
     } else {
@@ -94,9 +146,9 @@ void ObserverImpl::update(const at::Tensor& input) {
     batch.max_val = mx.reshape({-1}).to(at::kFloat);
   };
   minmax(x);
-  // aminmax propagates NaN and keeps +-Inf, so finite extremes mean finite data.
-  const bool finite = at::isfinite(batch.min_val).all().item<bool>() &&
-                      at::isfinite(batch.max_val).all().item<bool>();
+  // aminmax propagates NaN and keeps +-Inf, so finite extremes mean finite data. Checked on
+  // the raw values: a few ATen calls here would cost more than the reduction on a weight.
+  const bool finite = all_finite(batch.min_val) && all_finite(batch.max_val);
   if (!finite) {
     const at::Tensor mask = at::isfinite(x);
     const int64_t bad = x.numel() - mask.sum().item<int64_t>();

@@ -62,6 +62,34 @@ TEST(MinMaxObserver, PerChannelAlongAxis) {
   EXPECT_THROW_WITH(obs->update(torch::ones({2, 4})), "channel count changed from 3 to 4");
 }
 
+TEST(MinMaxObserver, SmallTensorLoopAgreesWithTheReduction) {
+  // Up to 2^16 float32 values the extremes come from a plain loop; float64 data always takes
+  // at::aminmax. Both must give the same range, per tensor and per channel, and the loop must
+  // see NaN and Inf wherever they are.
+  torch::manual_seed(21);
+  for (bool per_channel : {false, true}) {
+    const QuantSpec spec = QuantSpec().per_channel(per_channel).ch_axis(0);
+    for (const std::vector<int64_t>& shape :
+         std::vector<std::vector<int64_t>>{{1}, {16, 3, 3, 3}, {64, 1024}}) {
+      const at::Tensor x = torch::randn(shape) * 5;
+      Observer loop = make(1.0, spec), reduction = make(1.0, spec);
+      loop->update(x);
+      reduction->update(x.to(torch::kDouble));
+      EXPECT_TRUE(torch::equal(loop->range().first, reduction->range().first))
+          << at::IntArrayRef(shape);
+      EXPECT_TRUE(torch::equal(loop->range().second, reduction->range().second))
+          << at::IntArrayRef(shape);
+    }
+  }
+  const QuantSpec per_channel = QuantSpec().per_channel(true).ch_axis(0);
+  for (float bad : {NAN, INFINITY, -INFINITY}) {
+    at::Tensor w = torch::randn({4, 9});
+    w[2][8] = bad;
+    Observer obs = make(1.0, per_channel);
+    EXPECT_THROW_WITH(obs->update(w), "non-finite");
+  }
+}
+
 TEST(MinMaxObserver, MergeEqualsSequentialFeeding) {
   torch::manual_seed(0);
   std::vector<at::Tensor> a_batches, b_batches;
