@@ -26,7 +26,7 @@
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CALQ_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+#define CALQ_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define CALQ_TARGET_CLONES
 #endif

@@ -138,7 +138,16 @@ namespace {
 
 // |v| floored at kMinScale, in place (no autograd record: like an optimizer step).
 void project_positive(at::Tensor& learned) {
-  if (learned.numel() == 0 || (learned >= kMinScale).all().item<bool>()) return;
+  if (learned.numel() == 0) return;
+  // Checked on the raw values (a handful of scales, every forward): ATen calls would cost more.
+  bool valid = learned.scalar_type() == at::kFloat && learned.is_contiguous();
+  if (valid) {
+    const float* p = learned.data_ptr<float>();
+    for (int64_t i = 0; i < learned.numel() && valid; ++i) valid = p[i] >= kMinScale;
+  } else {
+    valid = (learned >= kMinScale).all().item<bool>();
+  }
+  if (valid) return;
   learned.abs_().clamp_min_(kMinScale);
 }
 
