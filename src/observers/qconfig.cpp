@@ -2,16 +2,11 @@
 
 #include <c10/util/Exception.h>
 
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <sstream>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include "calq/observers/registry.h"
+#include "calq/util/atomic_file.h"
 #include "observers/kwargs.h"
 
 namespace calq {
@@ -41,33 +36,6 @@ nlohmann::json select(const nlohmann::json& kwargs, const std::vector<std::strin
 
 std::string slot(bool is_weight) {
   return is_weight ? "weight" : "activation";
-}
-
-void write_atomically(const std::string& path, const std::string& content) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  TORCH_CHECK(fd >= 0, "save_qconfig: cannot create '", tmp, "': ", std::strerror(errno));
-  size_t written = 0;
-  while (written < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + written, content.size() - written);
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      std::remove(tmp.c_str());
-      TORCH_CHECK(false, "save_qconfig: writing '", tmp, "' failed: ", std::strerror(err));
-    }
-    written += static_cast<size_t>(n);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  const bool closed = ::close(fd) == 0;
-  if (!synced || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(tmp.c_str());
-    TORCH_CHECK(false, "save_qconfig: cannot write '", path, "': ", std::strerror(err));
-  }
 }
 
 }  // namespace
@@ -249,7 +217,7 @@ QConfig load_qconfig(const std::string& path) {
 }
 
 void save_qconfig(const QConfig& qconfig, const std::string& path) {
-  write_atomically(path, qconfig.to_json().dump(2) + "\n");
+  util::write_file_atomic(path, qconfig.to_json().dump(2) + "\n");
 }
 
 }  // namespace calq
