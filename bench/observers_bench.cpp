@@ -24,6 +24,7 @@
 #include "calq/observers/histogram.h"
 #include "calq/observers/histogram_observer.h"
 #include "calq/observers/registry.h"
+#include "python_reference.h"
 
 namespace {
 
@@ -90,24 +91,11 @@ nlohmann::json pytorch_timings(const at::Tensor& x, const std::vector<int>& thre
     std::ofstream out(tensor_path, std::ios::binary);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
-  std::string script = __FILE__;
-  script = script.substr(0, script.rfind('/')) + "/observers_pytorch.py";
-  std::string command = "/usr/bin/python3 " + script + " " + tensor_path;
-  for (int t : threads) command += " " + std::to_string(t);
-  nlohmann::json result = nullptr;
-  if (FILE* pipe = ::popen(command.c_str(), "r")) {
-    std::string output;
-    char buffer[4096];
-    while (size_t n = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-    if (::pclose(pipe) == 0) {
-      result = nlohmann::json::parse(output, nullptr, /*allow_exceptions=*/false);
-    }
-  }
+  std::vector<std::string> arguments = {tensor_path};
+  for (int t : threads) arguments.push_back(std::to_string(t));
+  nlohmann::json result =
+      calq_bench::run_python_reference("observers_bench", "observers_pytorch.py", arguments);
   std::remove(tensor_path.c_str());
-  if (result.is_null() || result.is_discarded()) {
-    std::cerr << "observers_bench: PyTorch timings unavailable (" << command << " failed)\n";
-    return nullptr;
-  }
   return result;
 }
 

@@ -54,6 +54,7 @@
 #include "calq/quant/fake_quant.h"
 #include "calq/workflow.h"
 #include "calq/zoo/models.h"
+#include "python_reference.h"
 
 namespace {
 
@@ -226,42 +227,15 @@ std::vector<double> measure(const std::vector<Op>& ops, const Options& options) 
 // PyTorch reference
 // ---------------------------------------------------------------------------------------------
 
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  return out + "'";
-}
-
 // {"<threads>": {"<case>": ms}} from bench/workflow_pytorch.py, or null when unavailable.
 nlohmann::json pytorch_timings(const std::vector<int>& threads, const Options& options) {
-  std::string script = __FILE__;
-  script = script.substr(0, script.rfind('/')) + "/workflow_pytorch.py";
-  std::string command = "/usr/bin/python3 " + shell_quote(script) + " --repetitions " +
-                        std::to_string(options.repetitions) + " --steps-per-sample " +
-                        std::to_string(options.steps_per_sample) + " --warmup " +
-                        std::to_string(options.warmup) + " --threads";
-  for (int t : threads) command += " " + std::to_string(t);
-  std::cerr << "running " << command << "\n";
-  nlohmann::json result = nullptr;
-  if (FILE* pipe = ::popen(command.c_str(), "r")) {
-    std::string output;
-    char buffer[4096];
-    while (size_t n = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-    if (::pclose(pipe) == 0) {
-      result = nlohmann::json::parse(output, nullptr, /*allow_exceptions=*/false);
-    }
-  }
-  if (result.is_null() || result.is_discarded()) {
-    std::cerr << "workflow_bench: PyTorch timings unavailable (" << command << " failed)\n";
-    return nullptr;
-  }
-  return result;
+  std::vector<std::string> arguments = {
+      "--repetitions",      std::to_string(options.repetitions),
+      "--steps-per-sample", std::to_string(options.steps_per_sample),
+      "--warmup",           std::to_string(options.warmup),
+      "--threads"};
+  for (int t : threads) arguments.push_back(std::to_string(t));
+  return calq_bench::run_python_reference("workflow_bench", "workflow_pytorch.py", arguments);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -145,16 +145,9 @@ TEST(KLObserver, Qint16FitsEveryBin) {
 
 TEST(KLObserver, MergeAndRoundTrip) {
   torch::manual_seed(6);
-  auto make = [] { return make_observer("kl", QuantSpec(), {}); };
-  Observer a = make(), b = make(), seq = make();
-  const at::Tensor x1 = torch::randn({3000}), x2 = torch::randn({3000}) * 9;
-  a->update(x1), seq->update(x1);
-  b->update(x2), seq->update(x2);
-  a->merge(*b);
-  testing::expect_same_state(*a, *seq);
-  Observer loaded = make();
-  testing::round_trip(seq, loaded);
-  testing::expect_same_state(*seq, *loaded);
+  testing::expect_merge_equals_sequence_and_round_trips(
+      [] { return make_observer("kl", QuantSpec(), {}); }, torch::randn({3000}),
+      torch::randn({3000}) * 9);
 }
 
 TEST(KLObserver, Errors) {

@@ -68,16 +68,11 @@ TEST(MixObserver, PicksTheLowestErrorPercentile) {
 }
 
 TEST(MixObserver, MergeAndRoundTrip) {
-  auto make = [] { return make_observer("mix", QuantSpec(), {{"percentiles", {99.0, 99.9}}}); };
-  Observer a = make(), b = make(), seq = make();
-  const at::Tensor x1 = torch::randn({2000}), x2 = torch::randn({2000}) * 4;
-  a->update(x1), seq->update(x1);
-  b->update(x2), seq->update(x2);
-  a->merge(*b);
-  testing::expect_same_state(*a, *seq);
-  Observer loaded = make();
-  testing::round_trip(seq, loaded);
-  testing::expect_same_state(*seq, *loaded);
+  testing::expect_merge_equals_sequence_and_round_trips(
+      [] {
+        return make_observer("mix", QuantSpec(), {{"percentiles", {99.0, 99.9}}});
+      },
+      torch::randn({2000}), torch::randn({2000}) * 4);
 }
 
 TEST(MixObserver, Errors) {

@@ -53,6 +53,24 @@ inline void expect_same_state(const torch::nn::Module& a, const torch::nn::Modul
   }
 }
 
+/// The properties every mergeable observer has: observer a fed x1 merged with observer b fed
+/// x2 equals one observer fed x1 then x2, bit for bit; and that state survives torch::save /
+/// torch::load into a fresh observer. `make` builds a fresh observer of the kind under test.
+template <typename Make>
+void expect_merge_equals_sequence_and_round_trips(const Make& make, const at::Tensor& x1,
+                                                  const at::Tensor& x2) {
+  auto a = make(), b = make(), sequence = make();
+  a->update(x1);
+  sequence->update(x1);
+  b->update(x2);
+  sequence->update(x2);
+  a->merge(*b);
+  expect_same_state(*a, *sequence);
+  auto loaded = make();
+  round_trip(sequence, loaded);
+  expect_same_state(*sequence, *loaded);
+}
+
 /// The first element of a one-element tensor as double.
 inline double value(const at::Tensor& t) {
   return t.reshape({-1})[0].item<double>();

@@ -15,12 +15,12 @@
 namespace calq {
 namespace {
 
+using test::grid_ref;
+using test::kInf;
+using test::kNaN;
 using test::kSizes;
 using test::same_values;
 using test::throws_with;
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 at::Tensor values(std::vector<double> v, at::ScalarType dtype = at::kFloat) {
   return torch::tensor(v, torch::kDouble).to(dtype);
@@ -38,20 +38,6 @@ at::Tensor input_grad(const at::Tensor& x, const at::Tensor& scale, const at::Te
   const at::Tensor leaf = x.detach().clone().requires_grad_(true);
   const at::Tensor y = fake_quantize(leaf, scale, zp, spec);
   return torch::autograd::grad({y}, {leaf}, {dy})[0];
-}
-
-test::GridRef grid_ref(const at::Tensor& scale, const at::Tensor& zp, const QuantSpec& spec,
-                       int64_t axis) {
-  test::GridRef g;
-  const at::Tensor s = scale.to(at::kDouble).contiguous();
-  const at::Tensor z = zp.to(at::kLong).contiguous();
-  g.scale.assign(s.data_ptr<double>(), s.data_ptr<double>() + s.numel());
-  g.zero_point.assign(z.data_ptr<int64_t>(), z.data_ptr<int64_t>() + z.numel());
-  g.quant_min = spec.quant_min();
-  g.quant_max = spec.quant_max();
-  g.rounding = spec.rounding();
-  g.axis = axis;
-  return g;
 }
 
 // ---- Hand-computed cases (scale 1 and 0.5: their reciprocals are exact). ----

@@ -14,6 +14,7 @@
 namespace calq {
 namespace {
 
+using test::grid_ref;
 using test::kSizes;
 using test::same_values;
 using test::throws_with;
@@ -37,20 +38,6 @@ Grads run_lsq(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zp
   const at::Tensor y = lsq_fake_quantize(leaf, s, zp, spec, grad_factor);
   const auto g = torch::autograd::grad({y}, {leaf, s}, {dy});
   return {y.detach(), g[0], g[1]};
-}
-
-test::GridRef grid_ref(const at::Tensor& scale, const at::Tensor& zp, const QuantSpec& spec,
-                       int64_t axis) {
-  test::GridRef g;
-  const at::Tensor s = scale.to(at::kDouble).contiguous();
-  const at::Tensor z = zp.to(at::kLong).contiguous();
-  g.scale.assign(s.data_ptr<double>(), s.data_ptr<double>() + s.numel());
-  g.zero_point.assign(z.data_ptr<int64_t>(), z.data_ptr<int64_t>() + z.numel());
-  g.quant_min = spec.quant_min();
-  g.quant_max = spec.quant_max();
-  g.rounding = spec.rounding();
-  g.axis = axis;
-  return g;
 }
 
 // Sum of |dy| * max(|q'|) bound used to scale tolerances: |q'| <= max(|quant_min|, quant_max).

@@ -14,12 +14,11 @@
 namespace calq {
 namespace {
 
+using test::kInf;
+using test::kNaN;
 using test::kSizes;
 using test::same_values;
 using test::throws_with;
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 template <typename T>
 at::Tensor pact_tensor_ref(const at::Tensor& x, double alpha, double scale, const QuantSpec& spec) {

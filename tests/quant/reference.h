@@ -87,6 +87,21 @@ struct GridRef {
   int64_t axis = -1;
 };
 
+// The GridRef of a (scale, zero_point, spec) triple as the fake-quant functions receive it.
+inline GridRef grid_ref(const at::Tensor& scale, const at::Tensor& zp, const QuantSpec& spec,
+                        int64_t axis) {
+  GridRef g;
+  const at::Tensor s = scale.to(at::kDouble).contiguous();
+  const at::Tensor z = zp.to(at::kLong).contiguous();
+  g.scale.assign(s.data_ptr<double>(), s.data_ptr<double>() + s.numel());
+  g.zero_point.assign(z.data_ptr<int64_t>(), z.data_ptr<int64_t>() + z.numel());
+  g.quant_min = spec.quant_min();
+  g.quant_max = spec.quant_max();
+  g.rounding = spec.rounding();
+  g.axis = axis;
+  return g;
+}
+
 inline int64_t channel_of(const at::Tensor& x, int64_t index, int64_t axis) {
   if (axis < 0) {
     return 0;

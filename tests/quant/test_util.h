@@ -6,12 +6,16 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
 
 namespace calq {
 namespace test {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // Lengths that exercise the vector body and every remainder of 8- and 16-wide loops, and
 // one length above the kernels' 16384-element work item.
