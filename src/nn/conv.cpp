@@ -79,7 +79,9 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
   const at::Tensor inv_std = at::rsqrt(bn->running_var + bn->options.eps());
   const at::Tensor gamma = bn->weight.defined() ? bn->weight : at::ones_like(inv_std);
   const at::Tensor factor = (gamma * inv_std).reshape({-1, 1, 1, 1});
-  const at::Tensor weight = quantize_weight(conv->weight * factor) / factor;
+  // Times the reciprocal rather than divided by the factor: the same value to an ulp, and the
+  // backward then reduces one product over the weight instead of dividing it twice more.
+  const at::Tensor weight = quantize_weight(conv->weight * factor) * factor.reciprocal();
   at::Tensor y = conv_with(x, weight, at::Tensor());
   if (conv->bias.defined()) y = y + conv->bias.reshape({1, -1, 1, 1});
   const auto& o = bn->options;

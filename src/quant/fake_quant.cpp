@@ -12,6 +12,7 @@
 
 #include "calq/quant/qparams.h"
 #include "kernels/fake_quant_kernels.h"
+#include "quant/small_tensor.h"
 
 namespace calq {
 namespace {
@@ -55,16 +56,19 @@ at::Tensor zero_points(const at::Tensor& zero_point, const at::Tensor& scale, co
   const int64_t n = scale.numel();
   TORCH_CHECK(zero_point.numel() == n, op, ": zero_point must have as many elements as scale (", n,
               "), got shape ", zero_point.sizes());
-  const at::Tensor values = zero_point.detach().to(at::kCPU, at::kDouble).contiguous().view({-1});
+  const at::Tensor values = detail::to_double_vector(zero_point);
   const double* data = values.data_ptr<double>();
+  at::Tensor out = at::empty({n}, at::kLong);
+  int64_t* out_data = out.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(std::nearbyint(data[i]) == data[i], op, ": zero_point[", i, "] = ", data[i],
                 " is invalid; zero points must be integers");
     TORCH_CHECK(data[i] >= spec.quant_min() && data[i] <= spec.quant_max(), op, ": zero_point[", i,
                 "] = ", data[i], " is outside the quant range [", spec.quant_min(), ", ",
                 spec.quant_max(), "]");
+    out_data[i] = static_cast<int64_t>(data[i]);
   }
-  return values.to(at::kLong);
+  return out;
 }
 
 kernels::Grid make_grid(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
@@ -91,7 +95,7 @@ kernels::Grid make_grid(const at::Tensor& x, const at::Tensor& scale, const at::
                 ": per-tensor scale must have exactly one element (shape {1}), got shape ",
                 scale.sizes());
   }
-  grid.scale = scale.detach().to(at::kCPU, at::kDouble).contiguous().view({-1});
+  grid.scale = detail::to_double_vector(scale);
   const double* s = grid.scale.data_ptr<double>();
   for (int64_t i = 0; i < grid.scale.numel(); ++i) {
     check_scale_value(s[i], x.scalar_type(), op, "scale", i);

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "quant/small_tensor.h"
+
 namespace calq {
 namespace {
 
@@ -46,8 +48,8 @@ std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
               "compute_qparams: min_val and max_val are empty; need one "
               "value per tensor or per channel");
 
-  const at::Tensor lo = min_val.detach().to(at::kCPU, at::kDouble).contiguous().view({-1});
-  const at::Tensor hi = max_val.detach().to(at::kCPU, at::kDouble).contiguous().view({-1});
+  const at::Tensor lo = detail::to_double_vector(min_val);
+  const at::Tensor hi = detail::to_double_vector(max_val);
   const int64_t n = lo.numel();
   const double* lo_data = lo.data_ptr<double>();
   const double* hi_data = hi.data_ptr<double>();
