@@ -10,33 +10,30 @@
 namespace calq {
 namespace detail {
 
+template <typename T>
+void copy_widened(const at::Tensor& t, double* out) {
+  const T* p = t.data_ptr<T>();
+  for (int64_t i = 0; i < t.numel(); ++i) out[i] = static_cast<double>(p[i]);
+}
+
 /// The values of t (any dtype, device or layout) as a fresh contiguous float64 CPU vector.
 inline at::Tensor to_double_vector(const at::Tensor& t) {
   if (t.device().is_cpu() && t.is_contiguous()) {
-    const int64_t n = t.numel();
-    at::Tensor out = at::empty({n}, at::kDouble);
+    at::Tensor out = at::empty({t.numel()}, at::kDouble);
     double* o = out.data_ptr<double>();
     switch (t.scalar_type()) {
-      case at::kFloat: {
-        const float* p = t.data_ptr<float>();
-        for (int64_t i = 0; i < n; ++i) o[i] = p[i];
+      case at::kFloat:
+        copy_widened<float>(t, o);
         return out;
-      }
-      case at::kDouble: {
-        const double* p = t.data_ptr<double>();
-        for (int64_t i = 0; i < n; ++i) o[i] = p[i];
+      case at::kDouble:
+        copy_widened<double>(t, o);
         return out;
-      }
-      case at::kInt: {
-        const int32_t* p = t.data_ptr<int32_t>();
-        for (int64_t i = 0; i < n; ++i) o[i] = p[i];
+      case at::kInt:
+        copy_widened<int32_t>(t, o);
         return out;
-      }
-      case at::kLong: {
-        const int64_t* p = t.data_ptr<int64_t>();
-        for (int64_t i = 0; i < n; ++i) o[i] = static_cast<double>(p[i]);
+      case at::kLong:
+        copy_widened<int64_t>(t, o);
         return out;
-      }
       default:
         break;
     }
