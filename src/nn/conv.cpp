@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+#include <limits>
+
 namespace calq {
 namespace nn {
 namespace detail {
@@ -64,6 +67,20 @@ std::pair<at::Tensor, at::Tensor> ConvBlockImpl::folded_weight_and_bias() const 
   return {weight * factor.reshape({-1, 1, 1, 1}), beta + (bias - bn->running_mean) * factor};
 }
 
+namespace {
+
+// Whether every value of a float32 tensor is a normal number (finite, nonzero, not denormal).
+bool all_normal(const at::Tensor& t) {
+  if (t.scalar_type() != at::kFloat || !t.is_contiguous()) return false;
+  const float* p = t.data_ptr<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    if (!std::isnormal(p[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
   const bool batch_stats = is_training() && !bn_frozen_;
   if (!batch_stats) {
@@ -80,8 +97,20 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
   const at::Tensor gamma = bn->weight.defined() ? bn->weight : at::ones_like(inv_std);
   const at::Tensor factor = (gamma * inv_std).reshape({-1, 1, 1, 1});
   // Times the reciprocal rather than divided by the factor: the same value to an ulp, and the
-  // backward then reduces one product over the weight instead of dividing it twice more.
-  const at::Tensor weight = quantize_weight(conv->weight * factor) * factor.reciprocal();
+  // backward then reduces one product over the weight instead of dividing it twice more. A
+  // channel whose factor is 0 or denormal (gamma 0: a pruned channel) gets weight 0 instead of
+  // 0 / 0; batch norm then outputs its beta there, as in float.
+  // (Checked on the raw values first: the guarded form costs a few more small ops per step, so
+  // it is only built when needed; its reciprocal is of a safe factor so that no 0 * inf
+  // reaches the gradient.)
+  at::Tensor inverse;
+  if (all_normal(factor)) {
+    inverse = factor.reciprocal();
+  } else {
+    const at::Tensor usable = factor.abs() >= std::numeric_limits<float>::min();
+    inverse = at::where(usable, at::where(usable, factor, 1.0).reciprocal(), 0.0);
+  }
+  const at::Tensor weight = quantize_weight(conv->weight * factor) * inverse;
   at::Tensor y = conv_with(x, weight, at::Tensor());
   if (conv->bias.defined()) y = y + conv->bias.reshape({1, -1, 1, 1});
   const auto& o = bn->options;

@@ -27,6 +27,14 @@ bool is_power_of_two(int64_t v) {
   return v > 0 && (v & (v - 1)) == 0;
 }
 
+// Whether the float32 kernel may bin over [0, range] with `bins` bins: bins a power of two and
+// k = bins / range a normal float32 (for a range below about bins * 2^-126, k would overflow or
+// lose exactness; such data takes the float64 path).
+bool float_kernel_fits(int64_t bins, double range) {
+  if (!is_power_of_two(bins) || bins > (int64_t{1} << 24) || !(range > 0.0)) return false;
+  return std::isnormal(static_cast<float>(static_cast<double>(bins) / range));
+}
+
 void check_counts(const at::Tensor& counts) {
   TORCH_CHECK(counts.defined() && counts.scalar_type() == at::kDouble && counts.dim() == 1 &&
                   counts.is_contiguous() && counts.numel() >= 2,
@@ -158,7 +166,7 @@ void accumulate_abs_histogram(at::Tensor& counts, double range, const at::Tensor
     return;
   }
   if (x.scalar_type() == at::kFloat) {
-    if (is_power_of_two(bins) && bins <= (int64_t{1} << 24)) {
+    if (float_kernel_fits(bins, range)) {
       accumulate_float_pow2(out, bins, range, x.data_ptr<float>(), x.numel(),
                             /*only_if_in_range=*/false);
     } else {
@@ -173,8 +181,8 @@ bool accumulate_abs_histogram_in_range(at::Tensor& counts, double range, const a
                                        float* min_out, float* max_out) {
   check_accumulate_args(counts, range, x);
   const int64_t bins = counts.numel();
-  if (x.scalar_type() != at::kFloat || !x.is_contiguous() || x.numel() == 0 || range <= 0.0 ||
-      !is_power_of_two(bins) || bins > (int64_t{1} << 24)) {
+  if (x.scalar_type() != at::kFloat || !x.is_contiguous() || x.numel() == 0 ||
+      !float_kernel_fits(bins, range)) {
     return false;
   }
   const Extremes e =

@@ -191,6 +191,30 @@ TEST(AddReLU, GradientsMatchReluOfSumAndOutputIsOneQuantizationPoint) {
   EXPECT_EQ(range.second.item<float>(), torch::relu(x * 0.5).max().item<float>());
 }
 
+TEST(ConvBn, QatWithAZeroGammaChannelStaysFinite) {
+  // A pruned channel (gamma 0) makes the BN factor 0: the folded QAT weight must not become
+  // 0 / 0, and batch norm then outputs beta on that channel, as the float block does.
+  torch::manual_seed(5);
+  calq::nn::ConvBnReLU2d block(calq::nn::Conv2dOptions(3, 4, 3).padding(1).bias(false));
+  {
+    torch::NoGradGuard no_grad;
+    block->bn->weight[1] = 0.0;
+    block->bn->bias[1] = 0.25;
+  }
+  calq::fuse(*block);
+  calq::prepare_qat(*block, calq::get_default_qconfig());
+  block->train();
+  const auto x = torch::randn({2, 3, 6, 6});
+  const auto y = block(x);
+  ASSERT_TRUE(torch::isfinite(y).all().item<bool>());
+  const auto channel = y.select(1, 1);
+  const auto out_scale = block->output_fake_quant()->scale().item<float>();
+  EXPECT_LE((channel - 0.25).abs().max().item<float>(), out_scale / 2 + 1e-6);
+  y.sum().backward();
+  EXPECT_TRUE(torch::isfinite(block->conv->weight.grad()).all().item<bool>());
+  EXPECT_TRUE(torch::isfinite(block->bn->weight.grad()).all().item<bool>());
+}
+
 TEST(Conv2d, RejectsUnsupportedOptions) {
   try {
     calq::nn::Conv2d conv(calq::nn::Conv2dOptions(1, 1, 3).padding(torch::kSame));

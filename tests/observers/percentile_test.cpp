@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <iostream>
+
 #include "calq/observers/histogram.h"
 #include "calq/observers/registry.h"
 #include "calq/quant/qparams.h"
@@ -22,7 +24,10 @@ template <typename Body>
 void for_each_float_kernel(Body body) {
   using detail::FloatKernel;
   for (FloatKernel kernel : {FloatKernel::portable, FloatKernel::avx512}) {
-    if (!detail::float_kernel_available(kernel)) continue;
+    if (!detail::float_kernel_available(kernel)) {
+      std::cout << "[   NOTE   ] this CPU has no AVX-512: only the portable binning kernel ran\n";
+      continue;
+    }
     const FloatKernel previous = detail::set_float_kernel(kernel);
     SCOPED_TRACE(kernel == FloatKernel::portable ? "portable kernel" : "avx512 kernel");
     body();
@@ -72,6 +77,19 @@ TEST(Histogram, KernelMatchesReferenceOverSizesAndBins) {
         }
       }
     }
+    // A range so small that bins / range overflows float32: the float64 path takes it, and
+    // the one-pass form declines.
+    {
+      const at::Tensor tiny = torch::randn({1000}) * 1e-37;
+      const double range = histogram_range_for(tiny.abs().max().item<double>());
+      at::Tensor fast = torch::zeros({2048}, torch::kDouble);
+      at::Tensor ref = torch::zeros({2048}, torch::kDouble);
+      accumulate_abs_histogram(fast, range, tiny);
+      accumulate_abs_histogram_ref(ref, range, tiny);
+      EXPECT_TRUE(at::equal(fast, ref));
+      float lo = 0, hi = 0;
+      EXPECT_FALSE(accumulate_abs_histogram_in_range(fast, range, tiny, &lo, &hi));
+    }
     // Values exactly on bin edges (powers of two times k are exact in float32).
     at::Tensor edges = torch::arange(0, 2049, torch::kFloat).repeat({3}) / 1024.0f;
     at::Tensor fast = torch::zeros({2048}, torch::kDouble);
@@ -83,9 +101,12 @@ TEST(Histogram, KernelMatchesReferenceOverSizesAndBins) {
 }
 
 TEST(Histogram, OnePassMatchesTwoPassesAtAnyThreadCount) {
+  struct RestoreThreads {
+    int threads = at::get_num_threads();
+    ~RestoreThreads() { at::set_num_threads(threads); }
+  } restore;
   for_each_float_kernel([] {
     torch::manual_seed(11);
-    const int threads = at::get_num_threads();
     for (int t : {1, 2}) {
       at::set_num_threads(t);
       for (int64_t bins : {256, 2048}) {
@@ -105,7 +126,6 @@ TEST(Histogram, OnePassMatchesTwoPassesAtAnyThreadCount) {
         }
       }
     }
-    at::set_num_threads(threads);
   });
 }
 
@@ -234,22 +254,33 @@ TEST(PercentileObserver, OnePassUpdatesLeaveTheGeneralPathState) {
     return make_observer("percentile", QuantSpec(),
                          {{"percentile", 99.0}, {"skip_nonfinite", true}});
   };
+  // The one-pass path adds into the histogram buffer in place; the general path replaces its
+  // storage. Which path each batch took shows in the buffer's data pointer.
+  const std::vector<bool> one_pass = {false, true, false, false, false, true};
   Observer seq = make(), merged = make();
-  for (const at::Tensor& x : batches) {
-    seq->update(x);
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const void* before = i == 0 ? nullptr : seq->named_buffers()["histogram"].storage().data();
+    seq->update(batches[i]);
+    if (i > 0) {
+      EXPECT_EQ(seq->named_buffers()["histogram"].storage().data() == before, one_pass[i])
+          << "batch " << i + 1;
+    }
     Observer single = make();
-    single->update(x);
+    single->update(batches[i]);
     merged->merge(*single);
   }
   testing::expect_same_state(*seq, *merged);
   EXPECT_EQ(seq->nonfinite_count(), 1);
   EXPECT_EQ(seq->batches_seen(), 6);
-  at::Tensor finite =
-      torch::cat({batches[0], batches[1], batches[2], with_nan.index({torch::isfinite(with_nan)}),
-                  batches[4].to(torch::kFloat), batches[5]});
+  // Every value as binned: float32 batches widened exactly, the float64 batch as it is.
+  const at::Tensor finite_exact = torch::cat(
+      {batches[0].to(torch::kDouble), batches[1].to(torch::kDouble), batches[2].to(torch::kDouble),
+       with_nan.index({torch::isfinite(with_nan)}).to(torch::kDouble), batches[4],
+       batches[5].to(torch::kDouble)});
+  const at::Tensor finite = finite_exact.to(torch::kFloat);  // data_min / data_max are float32
   auto& h = static_cast<PercentileObserverImpl&>(*seq);
   at::Tensor direct = torch::zeros({2048}, torch::kDouble);
-  accumulate_abs_histogram_ref(direct, h.histogram().range, finite);
+  accumulate_abs_histogram_ref(direct, h.histogram().range, finite_exact);
   EXPECT_TRUE(at::equal(h.histogram().counts, direct));
   auto r = seq->range();
   EXPECT_EQ(value(r.first), std::max(finite.min().item<double>(), -h.threshold()));
