@@ -157,6 +157,26 @@ struct FakeQuantFunction : public torch::autograd::Function<FakeQuantFunction> {
   }
 };
 
+// values (float64, contiguous) times factor, as a tensor of `dtype` and shape `sizes`: the
+// scale gradient in the scale's own layout. One allocation and a loop: this runs for every
+// learned scale on every step, where a chain of ATen ops would cost more than the values.
+at::Tensor scaled_as(const at::Tensor& values, double factor, at::ScalarType dtype,
+                     const std::vector<int64_t>& sizes) {
+  const double* v = values.data_ptr<double>();
+  at::Tensor out = at::empty(sizes, at::TensorOptions().dtype(dtype));
+  TORCH_INTERNAL_ASSERT(out.numel() == values.numel(), "scale gradient size mismatch");
+  if (dtype == at::kFloat) {
+    float* o = out.data_ptr<float>();
+    for (int64_t i = 0; i < out.numel(); ++i) o[i] = static_cast<float>(v[i] * factor);
+  } else if (dtype == at::kDouble) {
+    double* o = out.data_ptr<double>();
+    for (int64_t i = 0; i < out.numel(); ++i) o[i] = v[i] * factor;
+  } else {
+    return (values * factor).to(dtype).view(sizes);
+  }
+  return out;
+}
+
 struct LsqFunction : public torch::autograd::Function<LsqFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& scale,
                             const at::Tensor& zero_point, const QuantSpec& spec,
@@ -196,10 +216,10 @@ struct LsqFunction : public torch::autograd::Function<LsqFunction> {
     at::Tensor dscale = at::empty({grid.scale.numel()}, at::kDouble);
     kernels::lsq_backward(input, dy, grid, dx, dscale);
     const auto scale_dtype = static_cast<at::ScalarType>(ctx->saved_data["scale_dtype"].toInt());
-    dscale = (dscale * ctx->saved_data["grad_factor"].toDouble())
-                 .to(scale_dtype)
-                 .view(ctx->saved_data["scale_sizes"].toIntVector());
-    return {dx, dscale, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx,
+            scaled_as(dscale, ctx->saved_data["grad_factor"].toDouble(), scale_dtype,
+                      ctx->saved_data["scale_sizes"].toIntVector()),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
