@@ -467,26 +467,26 @@ void profile_pieces(int rounds) {
         time_op([&] { fq->observer().update(x); }, rounds));
   }
   {
-    // The folded-BN training path's extra elementwise work on the conv output: y / factor
-    // (forward) and its backward, which also reduces dy * y / factor^2 to the per-channel
-    // factor's gradient.
+    // Output-side BN folding (PyTorch's QAT ConvBn: the conv output divided by the factor):
+    // the extra elementwise work on the conv output, y / factor (forward), and its backward,
+    // which also reduces dy * y / factor^2 to the per-channel factor's gradient.
     const at::Tensor factor = (torch::rand({16}) + 0.5).requires_grad_(true);
     const at::Tensor y = x.detach().requires_grad_(true);
-    row("folded BN: y / factor forward", time_op(
-                                             [&] {
-                                               torch::NoGradGuard no_grad;
-                                               at::div(y, factor.reshape({1, -1, 1, 1}));
-                                             },
-                                             rounds));
-    row("folded BN: y / factor forward+backward (grad of y and factor)",
+    row("output-side folding: y / factor forward", time_op(
+                                                       [&] {
+                                                         torch::NoGradGuard no_grad;
+                                                         at::div(y, factor.reshape({1, -1, 1, 1}));
+                                                       },
+                                                       rounds));
+    row("output-side folding: y / factor forward+backward (grad of y and factor)",
         time_op(
             [&] {
               torch::autograd::grad({at::div(y, factor.reshape({1, -1, 1, 1}))}, {y, factor}, {dy});
             },
             rounds));
-    // The whole folded convolution of a training step, as it is now (output divided by the
-    // factor) and with the factor divided out of the (small) quantized weight instead: equal in
-    // real arithmetic because the factor is per output channel.
+    // The whole folded convolution of a training step, output-side (as PyTorch) and weight-side
+    // (as calq's ConvBlock: the factor undone on the small weight, times its reciprocal): equal
+    // in real arithmetic because the factor is per output channel.
     const at::Tensor xin = input.detach().requires_grad_(true);
     const at::Tensor w = weight.detach().requires_grad_(true);
     const at::Tensor f = factor.reshape({-1, 1, 1, 1});
@@ -496,7 +496,7 @@ void profile_pieces(int rounds) {
               torch::autograd::grad({at::conv2d(xin, w, {}, 1, 1)}, {xin, w}, {dy});
             },
             rounds));
-    row("conv2d(x, w*f) / f forward+backward (folded path now)",
+    row("conv2d(x, w*f) / f forward+backward (output-side)",
         time_op(
             [&] {
               torch::autograd::grad(
@@ -504,11 +504,11 @@ void profile_pieces(int rounds) {
                   {xin, w, factor}, {dy});
             },
             rounds));
-    row("conv2d(x, (w*f) / f) forward+backward (proposed)",
+    row("conv2d(x, (w*f) * (1/f)) forward+backward (weight-side, calq)",
         time_op(
             [&] {
-              torch::autograd::grad({at::conv2d(xin, (w * f) / f, {}, 1, 1)}, {xin, w, factor},
-                                    {dy});
+              torch::autograd::grad({at::conv2d(xin, (w * f) * f.reciprocal(), {}, 1, 1)},
+                                    {xin, w, factor}, {dy});
             },
             rounds));
   }

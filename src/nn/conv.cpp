@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "quant/small_tensor.h"
+
 namespace calq {
 namespace nn {
 namespace detail {
@@ -67,20 +69,6 @@ std::pair<at::Tensor, at::Tensor> ConvBlockImpl::folded_weight_and_bias() const 
   return {weight * factor.reshape({-1, 1, 1, 1}), beta + (bias - bn->running_mean) * factor};
 }
 
-namespace {
-
-// Whether every value of a float32 tensor is a normal number (finite, nonzero, not denormal).
-bool all_normal(const at::Tensor& t) {
-  if (t.scalar_type() != at::kFloat || !t.is_contiguous()) return false;
-  const float* p = t.data_ptr<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    if (!std::isnormal(p[i])) return false;
-  }
-  return true;
-}
-
-}  // namespace
-
 at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
   const bool batch_stats = is_training() && !bn_frozen_;
   if (!batch_stats) {
@@ -104,7 +92,10 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
   // it is only built when needed; its reciprocal is of a safe factor so that no 0 * inf
   // reaches the gradient.)
   at::Tensor inverse;
-  if (all_normal(factor)) {
+  const bool all_normal = calq::detail::all_float_values(factor, [](float v) {
+                            return std::isnormal(v);
+                          }).value_or(false);
+  if (all_normal) {
     inverse = factor.reciprocal();
   } else {
     const at::Tensor usable = factor.abs() >= std::numeric_limits<float>::min();

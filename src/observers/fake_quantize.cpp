@@ -10,6 +10,7 @@
 #include "calq/quant/fake_quant.h"
 #include "calq/quant/qparams.h"
 #include "observers/kwargs.h"
+#include "quant/small_tensor.h"
 
 namespace calq {
 namespace {
@@ -140,14 +141,9 @@ namespace {
 void project_positive(at::Tensor& learned) {
   if (learned.numel() == 0) return;
   // Checked on the raw values (a handful of scales, every forward): ATen calls would cost more.
-  bool valid = learned.scalar_type() == at::kFloat && learned.is_contiguous();
-  if (valid) {
-    const float* p = learned.data_ptr<float>();
-    for (int64_t i = 0; i < learned.numel() && valid; ++i) valid = p[i] >= kMinScale;
-  } else {
-    valid = (learned >= kMinScale).all().item<bool>();
-  }
-  if (valid) return;
+  const c10::optional<bool> valid =
+      calq::detail::all_float_values(learned, [](float v) { return v >= kMinScale; });
+  if (valid ? *valid : (learned >= kMinScale).all().item<bool>()) return;
   learned.abs_().clamp_min_(kMinScale);
 }
 

@@ -17,9 +17,6 @@ namespace calq {
 namespace observers {
 namespace {
 
-// Sub-histograms per thread: consecutive values go to different copies, so runs of equal bins
-// (e.g. the zeros after a ReLU) do not serialize on one memory counter.
-constexpr int kSubHistograms = 4;
 // Values per parallel task; large enough that the per-task histogram setup is negligible.
 constexpr int64_t kGrain = 1 << 15;
 
@@ -43,17 +40,10 @@ void check_counts(const at::Tensor& counts) {
               counts.defined() ? counts.sizes() : at::IntArrayRef{});
 }
 
-// ceil(v) - 1 floored at 0, capped at last; v >= 0. Right-closed bins: v = 3 (exactly on an
-// edge) belongs to bin 2, v in (0, 1] to bin 0, and 0 to bin 0.
-template <typename acc_t>
-inline int64_t bin_index(acc_t v, int64_t last) {
-  int64_t i = static_cast<int64_t>(v);
-  i -= static_cast<int64_t>((i > 0) & (static_cast<acc_t>(i) == v));
-  return i < last ? i : last;
-}
-
 template <typename scalar_t, typename acc_t>
 void bin_values(const scalar_t* x, int64_t n, acc_t k, int64_t bins, int64_t* sub) {
+  static_assert(detail::kCounterCopies == 4, "h0..h3 below are the counter copies");
+  using detail::bin_index;
   const int64_t last = bins - 1;
   int64_t* h0 = sub;
   int64_t* h1 = sub + bins;
@@ -89,7 +79,7 @@ Extremes accumulate_float_pow2(double* counts, int64_t bins, double range, const
   Extremes extremes;
   std::mutex mutex;
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> sub(static_cast<size_t>(detail::kFloatKernelCopies * bins));
+    std::vector<uint32_t> sub(static_cast<size_t>(detail::kCounterCopies * bins));
     std::vector<int64_t> local(static_cast<size_t>(bins), 0);
     Extremes local_extremes;
     for (int64_t start = begin; start < end; start += kFlush) {
@@ -107,8 +97,7 @@ Extremes accumulate_float_pow2(double* counts, int64_t bins, double range, const
       total[b] += local[b];
     }
   });
-  const double max_abs = std::max(std::abs(extremes.min), std::abs(extremes.max));
-  if (!only_if_in_range || (!extremes.nonfinite && max_abs <= range)) {
+  if (!only_if_in_range || extremes.within(range)) {
     for (int64_t b = 0; b < bins; ++b) {
       counts[b] += static_cast<double>(total[b]);
     }
@@ -121,7 +110,7 @@ void accumulate_typed(double* counts, int64_t bins, double range, const scalar_t
   const acc_t k = static_cast<acc_t>(static_cast<double>(bins) / range);
   std::mutex mutex;
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> sub(static_cast<size_t>(kSubHistograms * bins), 0);
+    std::vector<int64_t> sub(static_cast<size_t>(detail::kCounterCopies * bins), 0);
     bin_values<scalar_t, acc_t>(x + begin, end - begin, k, bins, sub.data());
     std::lock_guard<std::mutex> lock(mutex);
     for (int64_t b = 0; b < bins; ++b) {
@@ -188,9 +177,7 @@ bool accumulate_abs_histogram_in_range(at::Tensor& counts, double range, const a
   const Extremes e =
       accumulate_float_pow2(counts.data_ptr<double>(), bins, range, x.data_ptr<float>(), x.numel(),
                             /*only_if_in_range=*/true);
-  if (e.nonfinite || std::max(std::abs(e.min), std::abs(e.max)) > range) {
-    return false;
-  }
+  if (!e.within(range)) return false;
   *min_out = e.min;
   *max_out = e.max;
   return true;

@@ -17,14 +17,6 @@ namespace observers {
 namespace detail {
 namespace {
 
-// ceil(v) - 1 floored at 0, capped at last; v >= 0 (float32). Right-closed bins: v = 3
-// (exactly on an edge) belongs to bin 2, v in (0, 1] to bin 0, and 0 to bin 0.
-inline int32_t bin_of(float v, int32_t last) {
-  int32_t i = static_cast<int32_t>(v);
-  i -= static_cast<int32_t>((i > 0) & (static_cast<float>(i) == v));
-  return i < last ? i : last;
-}
-
 // The scalar step shared by every kernel's tail: clamp |x| * k to `bins` first, so values
 // beyond the range, NaN and Inf become the last bin instead of an out-of-range index.
 inline void bin_one(float v, float k, int64_t bins, uint32_t* sub, Extremes& e) {
@@ -33,19 +25,19 @@ inline void bin_one(float v, float k, int64_t bins, uint32_t* sub, Extremes& e) 
   e.nonfinite = e.nonfinite || !std::isfinite(v);
   const float top = static_cast<float>(bins);
   const float scaled = std::abs(v) * k;
-  ++sub[bin_of(scaled < top ? scaled : top, static_cast<int32_t>(bins - 1))];
+  ++sub[bin_index<float>(scaled < top ? scaled : top, bins - 1)];
 }
 
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
 
-// Indices computed 8 at a time (the arithmetic of bin_of), staged in a small buffer, then
+// Indices computed 8 at a time (the arithmetic of bin_index), staged in a small buffer, then
 // counted into the interleaved copies by lane. Compiled for AVX2 and for the baseline,
 // chosen at load time.
 __attribute__((target_clones("avx2", "default"))) Extremes bin_portable(const float* x, int64_t n,
                                                                         float k, int64_t bins,
                                                                         uint32_t* sub) {
-  static_assert(kFloatKernelCopies == 4, "the lane -> copy map below assumes 4 copies");
+  static_assert(kCounterCopies == 4, "the lane -> copy map below assumes 4 copies");
   constexpr int kStage = 512;
   alignas(32) int32_t idx[kStage];
   const vi8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -178,6 +170,10 @@ void Extremes::add(const Extremes& other) {
   min = std::min(min, other.min);
   max = std::max(max, other.max);
   nonfinite = nonfinite || other.nonfinite;
+}
+
+bool Extremes::within(double range) const {
+  return !nonfinite && std::max(std::abs(min), std::abs(max)) <= range;
 }
 
 Extremes bin_float_values(const float* x, int64_t n, float k, int64_t bins, uint32_t* sub) {

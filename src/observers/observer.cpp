@@ -9,20 +9,18 @@
 #include <utility>
 
 #include "calq/quant/qparams.h"
+#include "quant/small_tensor.h"
 
 namespace calq {
 namespace observers {
 
 namespace {
 
-// Whether every value of a float32 tensor is finite.
-bool all_finite(const at::Tensor& t) {
-  const at::Tensor values = t.contiguous();
-  const float* p = values.data_ptr<float>();
-  for (int64_t i = 0; i < values.numel(); ++i) {
-    if (!std::isfinite(p[i])) return false;
-  }
-  return true;
+// Whether every value of a float32 {1} or {C} tensor of extremes is finite.
+bool all_finite(const at::Tensor& extremes) {
+  return calq::detail::all_float_values(extremes.contiguous(),
+                                        [](float v) { return std::isfinite(v); })
+      .value();
 }
 
 // Up to this many values (a weight, a small activation) the extremes come from one plain
