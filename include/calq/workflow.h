@@ -46,23 +46,45 @@ void prepare_qat(torch::nn::Module& model, const QConfig& global,
 /// is off). Throws if the model was not prepared.
 void set_fake_quantize(torch::nn::Module& model, FakeQuantState state);
 
-/// What load_observer_params did. Entries are state names ("conv1.output_fake_quant.scale").
+/// What load_observer_params did. Quantizers are named by module path
+/// ("conv1.output_fake_quant"), state entries by full name ("conv1.output_fake_quant.scale").
 struct LoadReport {
+  /// State entries set from the source (verbatim, or the carried range and derived scale).
   std::vector<std::string> copied;
-  /// In `to` but not in `from`: left as they were.
+  /// Quantizers whose scale was derived for another grid: "path: why" (e.g. int8 -> int16).
+  std::vector<std::string> converted;
+  /// Source observer entries that do not apply to the target's observer kind (histogram,
+  /// first_min, ...): expected when calibration and QAT use different observers; not a
+  /// problem.
+  std::vector<std::string> not_applicable;
+  /// Quantizers of `to` with no quantizer at the same path in `from`: left as they were.
   std::vector<std::string> missing;
-  /// In `from` but not in `to`: ignored.
+  /// Quantizers of `from` with no quantizer at the same path in `to`: ignored.
   std::vector<std::string> unexpected;
-  /// In both with incompatible shapes/dtypes: left as they were.
+  /// Quantizers that could not be loaded: "path: why" (per-channel layout, channel count,
+  /// a source that was never calibrated). Left as they were.
   std::vector<std::string> mismatched;
+  /// True when every quantizer of both models was loaded (copied or converted).
   bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
   std::string str() const;
 };
 
-/// Copies every fake-quant / observer state entry (buffers and learned parameters such as the
-/// lsq scale or pact alpha) from `from` to `to` by name. A calibrated scale becomes the
-/// initial value of `to`'s scale. Never throws on a mismatch: it reports it.
-LoadReport load_observer_params(torch::nn::Module& from, torch::nn::Module& to);
+/// Starts every quantizer of `to` from the calibration of the quantizer at the same path in
+/// `from` (seed step 8): FakeQuantizeImpl::load_calibration, whose policy docs/observers.md
+/// tabulates (same grid: exact scale; other dtype / range / symmetry / power of two: scale
+/// derived from the calibrated range; other per-channel layout: mismatched). Each quantizer
+/// then starts from the calibrated scale in its own method's terms (lsq scale, pact alpha).
+/// `from` is only read. Never throws on a mismatch: it reports it.
+LoadReport load_observer_params(const torch::nn::Module& from, torch::nn::Module& to);
+
+/// FakeQuantizeImpl::project_parameters for every quantizer of `model`: call it after each
+/// optimizer step of a QAT loop (pipeline::train does), so that learned scales and alphas are
+/// valid whenever they are read or saved.
+void project_quantizer_parameters(torch::nn::Module& model);
+
+/// Quantizers (module paths) whose power-of-two scale is clamped to [2^-14, 2^-1]
+/// (FakeQuantizeImpl::scale_clamped): at 2^-1 an int8 tensor saturates at 63.5.
+std::vector<std::string> clamped_scales(const torch::nn::Module& model);
 
 /// Copies every float parameter and buffer (not fake-quant state) from `from` to `to` by
 /// name, to build a fresh QAT model from a trained float model (step 7). Throws on a missing

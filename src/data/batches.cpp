@@ -73,6 +73,28 @@ Batch Batches::operator[](int64_t i) const {
   return {dataset_.images.index_select(0, rows), dataset_.labels.index_select(0, rows)};
 }
 
+HoldOut hold_out(const Dataset& dataset, int64_t held_out_size, uint64_t seed) {
+  check_dataset(dataset);
+  TORCH_CHECK(held_out_size >= 1 && held_out_size < dataset.size(), "hold_out: cannot hold out ",
+              held_out_size, " of ", dataset.size(),
+              " examples; the held-out part and the rest must both be non-empty");
+  // Its own stream (a salt in place of the epoch): the split does not follow the shuffling of
+  // any training epoch.
+  constexpr uint64_t kHoldOutSalt = 0x401d0070e0000000ULL;
+  const Batches shuffled(dataset, BatchOptions(1).shuffle(true).seed(seed).epoch(kHoldOutSalt));
+  const torch::Tensor order = shuffled.order();
+  torch::Tensor chosen = std::get<0>(order.narrow(0, 0, held_out_size).sort());
+  torch::Tensor mask = torch::ones({dataset.size()}, torch::kBool);
+  mask.index_fill_(0, chosen, false);
+  const torch::Tensor rest = mask.nonzero().reshape({-1});
+  HoldOut split;
+  split.held_out.images = dataset.images.index_select(0, chosen);
+  split.held_out.labels = dataset.labels.index_select(0, chosen);
+  split.rest.images = dataset.images.index_select(0, rest);
+  split.rest.labels = dataset.labels.index_select(0, rest);
+  return split;
+}
+
 std::vector<Batch> calibration_subset(const Dataset& dataset, int64_t num_batches,
                                       int64_t batch_size, uint64_t seed) {
   check_dataset(dataset);

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "calq/quant/qparams.h"
+
 namespace calq {
 namespace observers {
 
@@ -17,8 +19,8 @@ FixedScaleObserverImpl::FixedScaleObserverImpl(ObserverOptions common,
   TORCH_CHECK(!spec().per_channel(), "observer 'fixed_scale' is per-tensor only; got spec ",
               spec().str());
   const double half_steps = static_cast<double>(spec().quant_max() - spec().quant_min()) / 2.0;
-  assign(min_val_, at::full({1}, -options.scale() * half_steps, at::kFloat));
-  assign(max_val_, at::full({1}, options.scale() * half_steps, at::kFloat));
+  assign(min_val_, at::full({1}, -effective_scale() * half_steps, at::kFloat));
+  assign(max_val_, at::full({1}, effective_scale() * half_steps, at::kFloat));
 }
 
 nlohmann::json FixedScaleObserverImpl::config() const {
@@ -29,8 +31,17 @@ std::shared_ptr<ObserverImpl> FixedScaleObserverImpl::clone_empty() const {
   return std::make_shared<FixedScaleObserverImpl>(options_, fixed_options_);
 }
 
+double FixedScaleObserverImpl::effective_scale() const {
+  return spec().power_of_two() ? power_of_two_scale(fixed_options_.scale())
+                               : fixed_options_.scale();
+}
+
+bool FixedScaleObserverImpl::power_of_two_clamped() const {
+  return spec().power_of_two() && calq::power_of_two_clamped(fixed_options_.scale());
+}
+
 std::pair<at::Tensor, at::Tensor> FixedScaleObserverImpl::qparams_impl() const {
-  return {at::full({1}, fixed_options_.scale(), at::kFloat), at::zeros({1}, at::kInt)};
+  return {at::full({1}, effective_scale(), at::kFloat), at::zeros({1}, at::kInt)};
 }
 
 }  // namespace observers

@@ -263,13 +263,20 @@ int64_t kl_num_quantized_bins(const QuantSpec& spec) {
 
 std::vector<double> kl_divergences(const AbsHistogram& h, int64_t nq) {
   check_counts(h.counts);
+  return kl_divergences(h.counts, 0.0, nq);
+}
+
+std::vector<double> kl_divergences(const at::Tensor& counts, double beyond, int64_t nq) {
+  check_counts(counts);
   TORCH_CHECK(nq >= 1, "kl: number of quantized bins = ", nq, " must be >= 1");
-  const int64_t bins = h.bins();
+  TORCH_CHECK(std::isfinite(beyond) && beyond >= 0.0,
+              "kl: outlier count beyond the histogram = ", beyond, " must be finite and >= 0");
+  const int64_t bins = counts.numel();
   std::vector<double> out;
   if (bins < nq) {
     return out;
   }
-  const double* c = h.counts.data_ptr<double>();
+  const double* c = counts.data_ptr<double>();
   // Prefix sums over bins [0, j): counts, c log c, and the number of non-empty bins.
   std::vector<double> sum(bins + 1, 0.0), plogp(bins + 1, 0.0), nonzero(bins + 1, 0.0);
   for (int64_t j = 0; j < bins; ++j) {
@@ -277,7 +284,7 @@ std::vector<double> kl_divergences(const AbsHistogram& h, int64_t nq) {
     plogp[j + 1] = plogp[j] + (c[j] > 0.0 ? c[j] * std::log(c[j]) : 0.0);
     nonzero[j + 1] = nonzero[j] + (c[j] > 0.0 ? 1.0 : 0.0);
   }
-  const double total = sum[bins];
+  const double total = sum[bins] + beyond;
   TORCH_CHECK(total > 0.0, "kl: the histogram is empty (no data)");
   const double log_total = std::log(total);
   const double inf = std::numeric_limits<double>::infinity();

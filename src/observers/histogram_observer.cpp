@@ -9,6 +9,22 @@
 namespace calq {
 namespace observers {
 
+double effective_threshold(float data_min, float data_max, double t) {
+  // A threshold below every magnitude in the data would clip all of it (constant data: the
+  // bin-centre threshold of its one bin lies below the value); keep everything then.
+  const double smallest_magnitude = data_min > 0 ? data_min : (data_max < 0 ? -data_max : 0.0);
+  const double max_abs =
+      std::max(std::abs(static_cast<double>(data_min)), std::abs(static_cast<double>(data_max)));
+  return t < smallest_magnitude ? max_abs : t;
+}
+
+std::pair<float, float> clipped_range(float data_min, float data_max, double t) {
+  auto clip = [t](float v) {
+    return std::min(std::max(v, static_cast<float>(-t)), static_cast<float>(t));
+  };
+  return {clip(data_min), clip(data_max)};
+}
+
 HistogramObserverImpl::HistogramObserverImpl(std::string kind, ObserverOptions options,
                                              int64_t bins)
     : ObserverImpl(std::move(kind), std::move(options)), bins_(bins) {
@@ -48,11 +64,13 @@ double HistogramObserverImpl::threshold() const {
 
 void HistogramObserverImpl::refresh() {
   at::NoGradGuard guard;
-  const double t = compute_threshold(current_histogram());
+  const float data_min = data_min_.item<float>();
+  const float data_max = data_max_.item<float>();
+  const double t = effective_threshold(data_min, data_max, compute_threshold(current_histogram()));
   // Scalar arithmetic and fills: this runs after every batch, where a chain of small ATen
   // ops would cost more than the rule itself.
-  const float lo = std::max(data_min_.item<float>(), static_cast<float>(-t));
-  const float hi = std::min(data_max_.item<float>(), static_cast<float>(t));
+  float lo = 0.0f, hi = 0.0f;
+  std::tie(lo, hi) = clipped_range(data_min, data_max, t);
   auto set_scalar = [](at::Tensor& buffer, double value, at::ScalarType dtype) {
     if (buffer.numel() == 1 && buffer.scalar_type() == dtype) {
       buffer.fill_(value);
@@ -100,6 +118,16 @@ void HistogramObserverImpl::update_impl(const Batch& batch) {
   if (first || refresh_due(batches_seen() + 1)) {
     refresh();
   }
+}
+
+void HistogramObserverImpl::adopt_range_impl() {
+  assign(histogram_, at::empty({0}, at::kDouble));
+  assign(hist_range_, at::zeros({1}, at::kDouble));
+  assign(data_min_, at::empty({0}, at::kFloat));
+  assign(data_max_, at::empty({0}, at::kFloat));
+  const double t =
+      std::max(std::abs(min_val_.min().item<double>()), std::abs(max_val_.max().item<double>()));
+  assign(threshold_, at::full({1}, t, at::kDouble));
 }
 
 void HistogramObserverImpl::merge_impl(const ObserverImpl& other_base) {

@@ -165,11 +165,51 @@ void ObserverImpl::update(const at::Tensor& input) {
   batches_.add_(1);
 }
 
+bool ObserverImpl::adopt_range(const at::Tensor& min_val, const at::Tensor& max_val,
+                               int64_t batches) {
+  at::NoGradGuard guard;
+  if (!needs_data()) return false;
+  TORCH_CHECK(batches >= 1, "observer '", kind_, "': adopt_range needs batches >= 1, got ",
+              batches);
+  const at::Tensor lo = calq::detail::to_double_vector(min_val);
+  const at::Tensor hi = calq::detail::to_double_vector(max_val);
+  const int64_t n = lo.numel();
+  TORCH_CHECK(n > 0 && hi.numel() == n, "observer '", kind_, "': adopt_range got ", n,
+              " minima and ", hi.numel(), " maxima; they must match and be non-empty");
+  TORCH_CHECK(spec().per_channel() || n == 1, "observer '", kind_,
+              "' is per-tensor; adopt_range got ", n, " values");
+  TORCH_CHECK(!has_data() || !spec().per_channel() || n == num_channels(), "observer '", kind_,
+              "': adopt_range got ", n, " channels, the observer has ", num_channels());
+  for (int64_t i = 0; i < n; ++i) {
+    const double a = lo.data_ptr<double>()[i];
+    const double b = hi.data_ptr<double>()[i];
+    TORCH_CHECK(std::isfinite(a) && std::isfinite(b) && a <= b, "observer '", kind_,
+                "': adopt_range [", a, ", ", b, "] at index ", i,
+                " is invalid; the range must be finite with min <= max");
+  }
+  assign(min_val_, lo.to(at::kFloat));
+  assign(max_val_, hi.to(at::kFloat));
+  batches_.fill_(batches);
+  adopt_range_impl();
+  return true;
+}
+
 std::pair<at::Tensor, at::Tensor> ObserverImpl::qparams() const {
   TORCH_CHECK(has_data() || !needs_data(), "observer '", kind_,
               "': qparams() called before any data; feed at least one batch with update() "
               "(or load a calibrated state) first");
   return qparams_impl();
+}
+
+bool ObserverImpl::power_of_two_clamped() const {
+  if (!spec().power_of_two() || min_val_.numel() == 0) return false;
+  QuantSpec free_grid = spec();
+  free_grid.power_of_two(false);
+  const at::Tensor scales = compute_qparams(min_val_, max_val_, free_grid).first.to(at::kDouble);
+  for (int64_t i = 0; i < scales.numel(); ++i) {
+    if (calq::power_of_two_clamped(scales.data_ptr<double>()[i])) return true;
+  }
+  return false;
 }
 
 std::pair<at::Tensor, at::Tensor> ObserverImpl::range() const {

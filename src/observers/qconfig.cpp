@@ -75,7 +75,7 @@ FakeQuantize FakeQuantConfig::create() const {
   std::vector<std::string> observer_keys = info.keys;
   observer_keys.push_back("skip_nonfinite");
   observers::Observer obs = observers::make_observer(observer, s, select(qkwargs, observer_keys));
-  return FakeQuantize(m, obs, select(qkwargs, fake_quant_method_keys(m)));
+  return FakeQuantize(m, obs, fake_quantize_options(m, select(qkwargs, fake_quant_method_keys(m))));
 }
 
 void FakeQuantConfig::validate() const {

@@ -79,13 +79,18 @@ std::vector<ObserverInfo> make_registry() {
                  kwarg_double(k, "averaging_constant", d.averaging_constant(), "mse"));
          return build<MSEObserverImpl>(o, d);
        }});
-  r.push_back(
-      {"kl", {"bins", "update_interval"}, false, [](const ObserverOptions& o, const json& k) {
-         KLObserverOptions d;
-         d.bins(kwarg_int(k, "bins", d.bins(), "kl"))
-             .update_interval(kwarg_int(k, "update_interval", d.update_interval(), "kl"));
-         return build<KLObserverImpl>(o, d);
-       }});
+  r.push_back({"kl",
+               {"bins", "update_interval", "zero_bin_as_neighbour", "smoothing"},
+               false,
+               [](const ObserverOptions& o, const json& k) {
+                 KLObserverOptions d;
+                 d.bins(kwarg_int(k, "bins", d.bins(), "kl"))
+                     .update_interval(kwarg_int(k, "update_interval", d.update_interval(), "kl"))
+                     .zero_bin_as_neighbour(detail::kwarg_bool(k, "zero_bin_as_neighbour",
+                                                               d.zero_bin_as_neighbour(), "kl"))
+                     .smoothing(kwarg_int(k, "smoothing", d.smoothing(), "kl"));
+                 return build<KLObserverImpl>(o, d);
+               }});
   r.push_back({"mix", {"percentiles", "bins"}, false, [](const ObserverOptions& o, const json& k) {
                  MixObserverOptions d;
                  d.percentiles(kwarg_doubles(k, "percentiles", d.percentiles(), "mix"))

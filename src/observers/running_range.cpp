@@ -31,6 +31,11 @@ void RunningRangeObserverImpl::update_impl(const Batch& batch) {
   max_val_.add_(cur_max - max_val_, c);
 }
 
+void RunningRangeObserverImpl::adopt_range_impl() {
+  assign(first_min_, min_val_);
+  assign(first_max_, max_val_);
+}
+
 void RunningRangeObserverImpl::merge_impl(const ObserverImpl& other_base) {
   const auto& other = static_cast<const RunningRangeObserverImpl&>(other_base);
   TORCH_CHECK(other.first_min_.numel() == other.min_val_.numel(), "observer '", kind_,

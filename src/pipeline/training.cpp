@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "calq/data/batches.h"
+#include "calq/nn/conv.h"
 #include "calq/util/atomic_file.h"
 #include "calq/util/progress.h"
 #include "calq/util/timer.h"
@@ -22,7 +23,7 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-void save_checkpoint(const std::string& path, zoo::ClassifierImpl& model,
+void save_checkpoint(const std::string& path, torch::nn::Module& model,
                      torch::optim::Adam& optimizer, int64_t finished_epochs) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
   model.save(model_archive);
@@ -33,7 +34,7 @@ void save_checkpoint(const std::string& path, zoo::ClassifierImpl& model,
   util::save_archive_atomic(archive, path);
 }
 
-int64_t load_checkpoint(const std::string& path, zoo::ClassifierImpl& model,
+int64_t load_checkpoint(const std::string& path, torch::nn::Module& model,
                         torch::optim::Adam& optimizer) {
   torch::serialize::InputArchive archive, model_archive, optimizer_archive;
   try {
@@ -52,9 +53,35 @@ int64_t load_checkpoint(const std::string& path, zoo::ClassifierImpl& model,
   }
 }
 
+// Whether a parameter belongs to a quantizer (its own optimizer group).
+bool is_quantizer_parameter(const std::string& name) {
+  return name.find("fake_quant.") != std::string::npos;
+}
+
+void set_group_lrs(torch::optim::Adam& optimizer, double weight_lr, double quantizer_lr) {
+  auto& groups = optimizer.param_groups();
+  static_cast<torch::optim::AdamOptions&>(groups[0].options()).lr(weight_lr);
+  if (groups.size() > 1)
+    static_cast<torch::optim::AdamOptions&>(groups[1].options()).lr(quantizer_lr);
+}
+
 }  // namespace
 
+void freeze_batch_norm(torch::nn::Module& model, bool frozen) {
+  for (const auto& item : model.named_modules("", /*include_self=*/true)) {
+    if (auto* block = dynamic_cast<nn::detail::ConvBlockImpl*>(item.value().get())) {
+      if (block->has_bn() && block->fused()) block->freeze_bn(frozen);
+    }
+  }
+}
+
 TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
+                  const TrainOptions& options) {
+  return train(
+      model, [&model](const at::Tensor& x) { return model.forward(x); }, dataset, options);
+}
+
+TrainResult train(torch::nn::Module& model, const Forward& forward, const data::Dataset& dataset,
                   const TrainOptions& options) {
   TORCH_CHECK(dataset.size() > 0, "train: the training set is empty");
   TORCH_CHECK(options.epochs() >= 1, "train: epochs must be >= 1, got ", options.epochs());
@@ -62,7 +89,19 @@ TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
               options.batch_size());
   TORCH_CHECK(std::isfinite(options.lr()) && options.lr() > 0, "train: lr must be finite and ",
               "> 0, got ", options.lr());
-  torch::optim::Adam optimizer(model.parameters(), torch::optim::AdamOptions(options.lr()));
+  const double quantizer_lr = options.quantizer_lr() > 0 ? options.quantizer_lr() : options.lr();
+  TORCH_CHECK(std::isfinite(quantizer_lr), "train: quantizer_lr must be finite");
+  // Two groups: weights, then quantizer parameters (no weight decay in either: Adam's default).
+  std::vector<at::Tensor> weights, quantizer;
+  for (const auto& p : model.named_parameters()) {
+    (is_quantizer_parameter(p.key()) ? quantizer : weights).push_back(p.value());
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(weights, std::make_unique<torch::optim::AdamOptions>(options.lr()));
+  if (!quantizer.empty()) {
+    groups.emplace_back(quantizer, std::make_unique<torch::optim::AdamOptions>(quantizer_lr));
+  }
+  torch::optim::Adam optimizer(groups, torch::optim::AdamOptions(options.lr()));
 
   TrainResult result;
   if (options.resume() && !options.checkpoint().empty() &&
@@ -76,12 +115,16 @@ TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
       (dataset.size() + options.batch_size() - 1) / options.batch_size();
   const int64_t total_steps = steps_per_epoch * options.epochs();
   double seconds = 0.0;
+  TORCH_CHECK(options.freeze_bn_epochs() >= 0 && options.freeze_bn_epochs() <= options.epochs(),
+              "train: freeze_bn_epochs must lie in [0, epochs = ", options.epochs(), "], got ",
+              options.freeze_bn_epochs());
   for (int64_t epoch = result.first_epoch; epoch < options.epochs(); ++epoch) {
     if (options.quantized()) {
       set_fake_quantize(model, FakeQuantState::QAT);
     } else {
       model.train(true);
     }
+    freeze_batch_norm(model, epoch >= options.epochs() - options.freeze_bn_epochs());
     data::Batches batches(dataset, data::BatchOptions(options.batch_size())
                                        .shuffle(true)
                                        .seed(options.seed())
@@ -95,19 +138,18 @@ TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
     for (const data::Batch& batch : batches) {
       if (options.cosine()) {
         const double t = static_cast<double>(epoch * steps_per_epoch + step) / total_steps;
-        const double lr = options.lr() * 0.5 * (1.0 + std::cos(kPi * t));
-        for (auto& group : optimizer.param_groups()) {
-          static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-        }
+        const double decay = 0.5 * (1.0 + std::cos(kPi * t));
+        set_group_lrs(optimizer, options.lr() * decay, quantizer_lr * decay);
       }
       optimizer.zero_grad();
-      at::Tensor loss = at::cross_entropy_loss(model.forward(batch.images), batch.labels);
+      at::Tensor loss = at::cross_entropy_loss(forward(batch.images), batch.labels);
       const double value = loss.item<double>();
       TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
                   " at epoch ", epoch + 1, ", step ", step + 1,
                   "; lower the learning rate or check the data");
       loss.backward();
       optimizer.step();
+      if (options.quantized()) project_quantizer_parameters(model);
       loss_sum += value;
       ++step;
       progress.advance(batch.size());
@@ -124,8 +166,9 @@ TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
   return result;
 }
 
-double evaluate(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
-                int64_t batch_size, const std::string& label) {
+Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
+                         const data::Dataset& dataset, bool quantized, int64_t batch_size,
+                         const std::string& label) {
   TORCH_CHECK(dataset.size() > 0, "evaluate: the evaluation set is empty");
   if (quantized) {
     set_fake_quantize(model, FakeQuantState::VALIDATION);
@@ -133,15 +176,32 @@ double evaluate(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool q
     model.eval();
   }
   torch::NoGradGuard no_grad;
+  Evaluation result;
+  result.correct.reserve(static_cast<size_t>(dataset.size()));
   int64_t correct = 0;
   util::Progress progress(label, dataset.size(), "img");
   for (const data::Batch& batch : data::Batches(dataset, data::BatchOptions(batch_size))) {
-    at::Tensor predicted = model.forward(batch.images).argmax(1);
-    correct += predicted.eq(batch.labels).sum().item<int64_t>();
+    const at::Tensor right = forward(batch.images).argmax(1).eq(batch.labels).to(at::kByte);
+    const uint8_t* p = right.contiguous().data_ptr<uint8_t>();
+    result.correct.insert(result.correct.end(), p, p + right.numel());
+    correct += right.sum().item<int64_t>();
     progress.advance(batch.size());
   }
   progress.finish();
-  return 100.0 * static_cast<double>(correct) / static_cast<double>(dataset.size());
+  result.top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(dataset.size());
+  return result;
+}
+
+Evaluation evaluate_each(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
+                         int64_t batch_size, const std::string& label) {
+  return evaluate_each(
+      model, [&model](const at::Tensor& x) { return model.forward(x); }, dataset, quantized,
+      batch_size, label);
+}
+
+double evaluate(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
+                int64_t batch_size, const std::string& label) {
+  return evaluate_each(model, dataset, quantized, batch_size, label).top1;
 }
 
 }  // namespace pipeline

@@ -237,18 +237,17 @@ struct PactFunction : public torch::autograd::Function<PactFunction> {
                 op, ": alpha must be a floating tensor with one element (shape {1})");
     const double alpha_value = alpha.detach().to(at::kCPU, at::kDouble).item<double>();
     check_scale_value(alpha_value, x.scalar_type(), op, "alpha", 0);
-    // eq. 7: alpha maps to half the number of steps.
-    double scale = alpha_value / ((spec.quant_max() - spec.quant_min()) / 2.0);
-    if (spec.power_of_two()) {
-      scale = round_scale_to_power_of_two(at::scalar_tensor(scale, at::kDouble)).item<double>();
-    }
+    const double scale = pact_scale(alpha_value, spec);
     check_scale_value(scale, x.scalar_type(), op, "alpha / ((quant_max - quant_min) / 2)", 0);
+    // eq. 7b: on the power-of-two grid the clip moves with the scale; otherwise this is alpha.
+    const double clip =
+        spec.power_of_two() ? scale * ((spec.quant_max() - spec.quant_min()) / 2.0) : alpha_value;
     const at::Tensor input = x.contiguous();
     at::Tensor y = at::empty(input.sizes(), input.options());
-    kernels::pact_forward(input, alpha_value, scale, spec.quant_min(), spec.quant_max(),
-                          spec.rounding(), y);
+    kernels::pact_forward(input, clip, scale, spec.quant_min(), spec.quant_max(), spec.rounding(),
+                          y);
     ctx->save_for_backward({input});
-    ctx->saved_data["alpha"] = alpha_value;
+    ctx->saved_data["alpha"] = clip;
     ctx->saved_data["alpha_sizes"] = alpha.sizes().vec();
     ctx->saved_data["alpha_dtype"] = static_cast<int64_t>(alpha.scalar_type());
     return y;
@@ -265,6 +264,33 @@ struct PactFunction : public torch::autograd::Function<PactFunction> {
     at::Tensor dalpha_tensor = at::full(ctx->saved_data["alpha_sizes"].toIntVector(), dalpha,
                                         at::TensorOptions().dtype(alpha_dtype));
     return {dx, dalpha_tensor, at::Tensor()};
+  }
+};
+
+// eq. 6b: 2^round(l) forward, straight-through backward.
+struct PowerOfTwoScaleFunction : public torch::autograd::Function<PowerOfTwoScaleFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& log2_scale) {
+    TORCH_CHECK(log2_scale.defined() && at::isFloatingType(log2_scale.scalar_type()),
+                "learned_power_of_two_scale: log2_scale must be a floating tensor");
+    const at::Tensor values = detail::to_double_vector(log2_scale);
+    const double* l = values.data_ptr<double>();
+    at::Tensor out = at::empty({values.numel()}, at::kDouble);
+    double* o = out.data_ptr<double>();
+    for (int64_t i = 0; i < values.numel(); ++i) {
+      TORCH_CHECK(std::isfinite(l[i]), "learned_power_of_two_scale: log2_scale[", i, "] = ", l[i],
+                  " is invalid; it must be finite");
+      const double k = std::min<double>(
+          std::max<double>(std::floor(l[i] + 0.5), kPowerOfTwoMinExponent), kPowerOfTwoMaxExponent);
+      o[i] = std::ldexp(1.0, static_cast<int>(k));
+    }
+    at::Tensor scale = out.to(log2_scale.scalar_type()).view(log2_scale.sizes());
+    ctx->save_for_backward({scale});
+    return scale;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const at::Tensor scale = ctx->get_saved_variables()[0];
+    return {grad_outputs[0] * scale * std::log(2.0)};
   }
 };
 
@@ -293,6 +319,18 @@ at::Tensor lsq_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
 
 at::Tensor pact_fake_quantize(const at::Tensor& x, const at::Tensor& alpha, const QuantSpec& spec) {
   return PactFunction::apply(x, alpha, spec);
+}
+
+double pact_scale(double alpha, const QuantSpec& spec) {
+  TORCH_CHECK(std::isfinite(alpha) && alpha > 0, "pact: alpha = ", alpha,
+              " is invalid; it must be finite and > 0");
+  // eq. 7: alpha maps to half the number of steps.
+  const double scale = alpha / ((spec.quant_max() - spec.quant_min()) / 2.0);
+  return spec.power_of_two() ? power_of_two_scale(scale, PowerOfTwoRounding::nearest) : scale;
+}
+
+at::Tensor learned_power_of_two_scale(const at::Tensor& log2_scale) {
+  return PowerOfTwoScaleFunction::apply(log2_scale);
 }
 
 }  // namespace calq

@@ -11,13 +11,22 @@
 namespace calq {
 namespace {
 
-// 2^ceil(log2(scale)), exact: frexp splits scale = m * 2^e with m in [0.5, 1), and scale is
-// already a power of two exactly when m == 0.5.
-template <typename T>
-T round_up_to_power_of_two(T scale) {
+// The exponent k of the power of two 2^k that `scale` rounds to, before clamping. frexp splits
+// scale = m * 2^e with m in [0.5, 1): scale is 2^(e-1) exactly when m == 0.5, so rounding up
+// gives e - 1 then and e otherwise; rounding to nearest in the log domain compares m with
+// 2^-0.5 (log2(m) + e rounds to e when log2(m) >= -0.5, i.e. m >= sqrt(1/2)).
+int power_of_two_exponent(double scale, PowerOfTwoRounding rounding) {
   int exponent = 0;
-  const T mantissa = std::frexp(scale, &exponent);
-  return mantissa == T(0.5) ? scale : std::ldexp(T(1), exponent);
+  const double mantissa = std::frexp(scale, &exponent);
+  if (rounding == PowerOfTwoRounding::up) {
+    return mantissa == 0.5 ? exponent - 1 : exponent;
+  }
+  return mantissa >= std::sqrt(0.5) ? exponent : exponent - 1;
+}
+
+void check_positive_scale(double scale) {
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, "power-of-two scale: scale = ", scale,
+              " is invalid; a scale must be finite and positive");
 }
 
 void check_scale_values(const at::Tensor& scale) {
@@ -30,6 +39,20 @@ void check_scale_values(const at::Tensor& scale) {
 }
 
 }  // namespace
+
+double power_of_two_scale(double scale, PowerOfTwoRounding rounding) {
+  check_positive_scale(scale);
+  const int exponent =
+      std::min(std::max(power_of_two_exponent(scale, rounding), kPowerOfTwoMinExponent),
+               kPowerOfTwoMaxExponent);
+  return std::ldexp(1.0, exponent);
+}
+
+bool power_of_two_clamped(double scale, PowerOfTwoRounding rounding) {
+  check_positive_scale(scale);
+  const int exponent = power_of_two_exponent(scale, rounding);
+  return exponent < kPowerOfTwoMinExponent || exponent > kPowerOfTwoMaxExponent;
+}
 
 std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
                                                   const at::Tensor& max_val,
@@ -78,7 +101,7 @@ std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
     }
     float scale_f = std::max(static_cast<float>(s), static_cast<float>(kMinScale));
     if (spec.power_of_two()) {
-      scale_f = round_up_to_power_of_two(scale_f);
+      scale_f = static_cast<float>(power_of_two_scale(scale_f));  // exact in float32
     }
     scale_data[i] = scale_f;
     if (!spec.symmetric()) {
@@ -97,14 +120,10 @@ at::Tensor round_scale_to_power_of_two(const at::Tensor& scale) {
   at::Tensor values = scale.detach().to(at::kCPU, at::kDouble).contiguous().clone();
   double* data = values.data_ptr<double>();
   for (int64_t i = 0; i < values.numel(); ++i) {
-    data[i] = round_up_to_power_of_two(data[i]);
+    data[i] = power_of_two_scale(data[i]);
   }
-  at::Tensor rounded = values.to(scale.scalar_type());
-  TORCH_CHECK(at::isfinite(rounded).all().item<bool>(),
-              "round_scale_to_power_of_two: a scale "
-              "rounded up to a power of two overflows ",
-              scale.scalar_type());
-  return rounded;
+  // Clamped to [2^-14, 2^-1]: representable in every floating dtype.
+  return values.to(scale.scalar_type());
 }
 
 }  // namespace calq

@@ -41,7 +41,8 @@ std::vector<std::pair<std::string, nn::QuantModuleImpl*>> quant_modules(torch::n
   return out;
 }
 
-std::vector<std::pair<std::string, FakeQuantizeImpl*>> fake_quantizers(torch::nn::Module& model) {
+std::vector<std::pair<std::string, FakeQuantizeImpl*>> fake_quantizers(
+    const torch::nn::Module& model) {
   std::vector<std::pair<std::string, FakeQuantizeImpl*>> out;
   for (const auto& item : model.named_modules("", /*include_self=*/true)) {
     if (auto* fq = dynamic_cast<FakeQuantizeImpl*>(item.value().get())) {
@@ -66,21 +67,6 @@ void force_power_of_two(c10::optional<FakeQuantConfig>& recipe) {
 
 std::string describe(const FakeQuantConfig& recipe) {
   return recipe.method + "/" + recipe.observer + " " + recipe.spec().str();
-}
-
-// Every state entry (parameters and buffers) of the fake quantizers of a model, by full name.
-std::map<std::string, at::Tensor> fake_quant_state(torch::nn::Module& model) {
-  std::map<std::string, at::Tensor> state;
-  for (const auto& fq : fake_quantizers(model)) {
-    const std::string prefix = fq.first.empty() ? "" : fq.first + ".";
-    for (const auto& p : fq.second->named_parameters(/*recurse=*/true)) {
-      state[prefix + p.key()] = p.value();
-    }
-    for (const auto& b : fq.second->named_buffers(/*recurse=*/true)) {
-      state[prefix + b.key()] = b.value();
-    }
-  }
-  return state;
 }
 
 }  // namespace
@@ -171,48 +157,66 @@ void set_fake_quantize(torch::nn::Module& model, FakeQuantState state) {
 
 std::string LoadReport::str() const {
   std::ostringstream out;
-  out << copied.size() << " copied, " << missing.size() << " missing, " << unexpected.size()
-      << " unexpected, " << mismatched.size() << " mismatched";
+  out << copied.size() << " entries copied, " << converted.size() << " converted, "
+      << not_applicable.size() << " observer entries not applicable, " << missing.size()
+      << " missing, " << unexpected.size() << " unexpected, " << mismatched.size() << " mismatched";
+  if (!converted.empty()) out << "\n  converted: " << join(converted, "\n             ");
   if (!missing.empty()) out << "\n  missing: " << join(missing);
   if (!unexpected.empty()) out << "\n  unexpected: " << join(unexpected);
-  if (!mismatched.empty()) out << "\n  mismatched: " << join(mismatched);
+  if (!mismatched.empty()) out << "\n  mismatched: " << join(mismatched, "\n              ");
   return out.str();
 }
 
-LoadReport load_observer_params(torch::nn::Module& from, torch::nn::Module& to) {
-  // Scales are computed lazily from the observers; bring them up to date before copying.
-  for (const auto& fq : fake_quantizers(from)) {
-    if (fq.second->observer().has_data()) fq.second->scale();
-  }
-  const auto source = fake_quant_state(from);
-  const auto target = fake_quant_state(to);
+LoadReport load_observer_params(const torch::nn::Module& from, torch::nn::Module& to) {
+  std::map<std::string, const FakeQuantizeImpl*> source;
+  for (const auto& fq : fake_quantizers(from)) source[fq.first] = fq.second;
   LoadReport report;
-  torch::NoGradGuard no_grad;
-  for (const auto& entry : target) {
-    auto found = source.find(entry.first);
+  std::set<std::string> used;
+  for (const auto& fq : fake_quantizers(to)) {
+    const std::string& path = fq.first;
+    auto found = source.find(path);
     if (found == source.end()) {
-      report.missing.push_back(entry.first);
+      report.missing.push_back(path);
       continue;
     }
-    at::Tensor destination = entry.second;
-    const at::Tensor& value = found->second;
-    if (destination.scalar_type() != value.scalar_type()) {
-      report.mismatched.push_back(entry.first);
-    } else if (destination.sizes() == value.sizes()) {
-      destination.copy_(value);
-      report.copied.push_back(entry.first);
-    } else if (destination.numel() == 0) {
-      // State not collected yet in `to` (e.g. a fresh histogram): take the source's shape.
-      destination.set_(value.clone());
-      report.copied.push_back(entry.first);
-    } else {
-      report.mismatched.push_back(entry.first);
+    used.insert(path);
+    const CalibrationLoad load = fq.second->load_calibration(*found->second);
+    const std::string prefix = path.empty() ? "" : path + ".";
+    switch (load.outcome) {
+      case CalibrationLoad::Outcome::mismatched:
+        report.mismatched.push_back(path + ": " + load.detail);
+        continue;
+      case CalibrationLoad::Outcome::converted:
+        report.converted.push_back(path + ": " + load.detail);
+        break;
+      case CalibrationLoad::Outcome::copied:
+        break;
     }
+    for (const auto& entry : load.copied_entries) report.copied.push_back(prefix + entry);
+    for (const auto& entry : load.not_applicable) report.not_applicable.push_back(prefix + entry);
   }
   for (const auto& entry : source) {
-    if (target.count(entry.first) == 0) report.unexpected.push_back(entry.first);
+    if (used.count(entry.first) == 0) report.unexpected.push_back(entry.first);
   }
   return report;
+}
+
+void project_quantizer_parameters(torch::nn::Module& model) {
+  for (const auto& fq : fake_quantizers(model)) fq.second->project_parameters();
+}
+
+std::vector<std::string> clamped_scales(const torch::nn::Module& model) {
+  std::vector<std::string> out;
+  for (const auto& fq : fake_quantizers(model)) {
+    bool clamped = false;
+    try {
+      clamped = fq.second->scale_clamped();
+    } catch (const c10::Error&) {
+      clamped = false;  // no scale yet
+    }
+    if (clamped) out.push_back(fq.first);
+  }
+  return out;
 }
 
 void copy_float_state(torch::nn::Module& from, torch::nn::Module& to) {

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -43,7 +44,7 @@ std::string temp_dir(const std::string& name) {
 // Small but real: a few hundred images, one epoch. Quantized accuracy must stay near float.
 constexpr const char* kSmallRun =
     "--limit-train 768 --limit-test 256 --epochs 1 --qat-epochs 1 --calib-batches 2 "
-    "--batch-size 64 --threads 2 --quiet";
+    "--batch-size 64 --val-size 256 --threads 2 --quiet";
 // With so little training the network is far from converged; 8-bit quantization should still
 // cost only a few points on 256 test images (1 image = 0.39 points).
 constexpr double kMaxDropPoints = 6.0;
@@ -57,17 +58,29 @@ TEST(Cli, RunWritesResultsReportAndResumes) {
   std::ifstream in(out + "/results.json");
   ASSERT_TRUE(in.good());
   const nlohmann::json results = nlohmann::json::parse(in);
-  const double float_top1 = results.at("float").at("top1").get<double>();
+  const double float_top1 = results.at("float").at("val_top1").get<double>();
   EXPECT_GT(float_top1, 40.0);
+  EXPECT_GT(results.at("float").at("test_top1").get<double>(), 40.0);
+  // Choices on the validation split held out from training; the test set is not the choice.
+  EXPECT_EQ(results.at("data").at("validation").get<int64_t>(), 256);
+  double best_val = -1.0;
   for (const char* observer : {"min_max", "percentile", "kl"}) {
     const auto& entry = results.at("calibration").at(observer);
     EXPECT_GT(entry.at("seconds").get<double>(), 0.0);
-    EXPECT_GT(entry.at("top1").get<double>(), float_top1 - kMaxDropPoints) << observer;
+    EXPECT_GT(entry.at("val_top1").get<double>(), float_top1 - kMaxDropPoints) << observer;
+    EXPECT_FALSE(entry.contains("test_top1")) << "only the chosen calibration is tested";
+    best_val = std::max(best_val, entry.at("val_top1").get<double>());
   }
+  const std::string chosen = results.at("best_observer");
+  EXPECT_EQ(results.at("calibration").at(chosen).at("val_top1").get<double>(), best_val);
+  const auto& vs_float = results.at("chosen_calibration").at("vs_float");
+  EXPECT_LE(vs_float.at("ci_low_pt").get<double>(), vs_float.at("diff_pt").get<double>());
+  EXPECT_GE(vs_float.at("ci_high_pt").get<double>(), vs_float.at("diff_pt").get<double>());
   for (const char* method : {"fake_quant", "lsq", "pact"}) {
     const auto& entry = results.at("qat").at(method);
     EXPECT_GT(entry.at("seconds_per_epoch").get<double>(), 0.0);
-    EXPECT_GT(entry.at("top1").get<double>(), float_top1 - kMaxDropPoints) << method;
+    EXPECT_GT(entry.at("val_top1").get<double>(), float_top1 - kMaxDropPoints) << method;
+    EXPECT_TRUE(entry.at("vs_calibration").contains("p_value")) << method;
   }
   EXPECT_EQ(results.at("config").at("model"), "cnn");
   EXPECT_TRUE(std::filesystem::exists(out + "/report.md"));

@@ -19,7 +19,7 @@ FakeQuantize make(FakeQuantMethod method, const std::string& observer = "min_max
                   nlohmann::json method_kwargs = nlohmann::json::object(),
                   QuantSpec spec = QuantSpec()) {
   return FakeQuantize(method, observers::make_observer(observer, spec, observer_kwargs),
-                      method_kwargs);
+                      fake_quantize_options(method, method_kwargs));
 }
 
 TEST(FakeQuantize, CalibrationObservesAndPassesThrough) {

@@ -15,12 +15,16 @@ namespace {
 using testing::value;
 
 TEST(FixedScaleObserver, ReturnsTheScaleWithOrWithoutData) {
-  Observer obs = make_observer("fixed_scale", QuantSpec().power_of_two(true), {{"scale", 0.3}});
-  EXPECT_FLOAT_EQ(value(obs->qparams().first), 0.3f);  // not rounded: the user's scale
+  Observer obs = make_observer("fixed_scale", QuantSpec(), {{"scale", 0.3}});
+  EXPECT_FLOAT_EQ(value(obs->qparams().first), 0.3f);  // the user's scale, data ignored
   obs->update(torch::tensor({100.0f}));
   EXPECT_FLOAT_EQ(value(obs->qparams().first), 0.3f);
   EXPECT_EQ(value(obs->qparams().second), 0);
   EXPECT_FLOAT_EQ(value(obs->range().second), 0.3f * 127.5f);
+  // On a power-of-two grid (bernoulli) the scale is rounded up like every other scale.
+  Observer pow2 = make_observer("fixed_scale", QuantSpec().power_of_two(true), {{"scale", 0.3}});
+  EXPECT_EQ(value(pow2->qparams().first), 0.5);
+  EXPECT_FLOAT_EQ(value(pow2->range().second), 0.5f * 127.5f);
   EXPECT_FLOAT_EQ(value(make_observer("fixed_scale", QuantSpec(), {})->qparams().first), 1.0f);
 }
 

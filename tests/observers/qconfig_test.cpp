@@ -92,6 +92,17 @@ TEST(QConfig, ValidationListsValidChoices) {
                     "std_scale = -1");
 }
 
+TEST(QConfig, PactWeightsArePerTensorOnly) {
+  // The default weight recipe is per-channel; PACT learns one clip per tensor, so the
+  // combination is rejected where the qconfig is made, naming the valid choices.
+  EXPECT_THROW_WITH(get_default_qconfig(std::string("pact"), std::string("pact")),
+                    "For weights use fake_quant or lsq, or set per_channel false");
+  // Per-tensor PACT weights are a valid recipe.
+  const QConfig q = get_default_qconfig(std::string("pact"), std::string("pact"), "min_max",
+                                        "min_max", {}, {{"per_channel", false}});
+  EXPECT_EQ(q.weight->create()->method(), FakeQuantMethod::pact);
+}
+
 TEST(QConfig, JsonRoundTripThroughAFile) {
   const QConfig q = get_default_qconfig(std::string("lsq"), c10::nullopt, "mix", "min_max",
                                         {{"percentiles", {99.0, 99.9}}, {"dtype", "qint16"}});

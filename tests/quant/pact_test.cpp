@@ -93,11 +93,15 @@ TEST(Pact, PowerOfTwoScale) {
   const at::Tensor x = torch::randn({500}) * 2;
   const at::Tensor y =
       pact_fake_quantize(x, torch::full({1}, 1.0f), QuantSpec().power_of_two(true));
-  // 1 / 127.5 rounds up to 2^-6.
-  const double scale = 1.0 / 64;
-  EXPECT_TRUE(same_values(y, pact_tensor_ref<float>(x, 1.0, scale, QuantSpec())));
+  // eq. 7b: 1 / 127.5 = 2^-6.99 goes to the nearest power of two in the log domain, 2^-7, and
+  // the clip moves with it to 2^-7 * 127.5 = 0.99609375.
+  const double scale = 1.0 / 128;
+  const double clip = scale * 127.5;
+  EXPECT_TRUE(same_values(y, pact_tensor_ref<float>(x, clip, scale, QuantSpec())));
   EXPECT_TRUE(same_values(y / scale, (y / scale).round()));
-  EXPECT_LE(y.abs().max().item<float>(), 1.0f);
+  // -alpha' / s = -127.5 rounds (half to even) to -128: the grid's ends are -128 s and 127 s.
+  EXPECT_EQ(y.max().item<float>(), static_cast<float>(127 * scale));
+  EXPECT_EQ(y.min().item<float>(), static_cast<float>(-128 * scale));
 }
 
 TEST(Pact, GradientsAreTheSurrogateDerivative) {

@@ -51,10 +51,13 @@ TEST(Qparams, PowerOfTwo) {
   EXPECT_EQ(compute_qparams(t({-1.0}), t({1.0}), spec).first.item<float>(), 1.0f / 64);
   // Already a power of two: unchanged (127.5 * 2^-5).
   EXPECT_EQ(compute_qparams(t({-127.5 / 32}), t({0.0}), spec).first.item<float>(), 1.0f / 32);
+  // Rounded up, then clamped to [2^-14, 2^-1] (the plugin's shift range 1..14).
   EXPECT_TRUE(same_values(round_scale_to_power_of_two(torch::tensor({0.3f, 0.25f, 3.0f, 1e-30f})),
-                          torch::tensor({0.5f, 0.25f, 4.0f, std::ldexp(1.0f, -99)})));
+                          torch::tensor({0.5f, 0.25f, 0.5f, std::ldexp(1.0f, -14)})));
   EXPECT_TRUE(same_values(round_scale_to_power_of_two(torch::tensor({1e-300}, torch::kDouble)),
-                          torch::tensor({std::ldexp(1.0, -996)}, torch::kDouble)));
+                          torch::tensor({std::ldexp(1.0, -14)}, torch::kDouble)));
+  // Through compute_qparams: a range of 100 would need 2^0, clamped to 2^-1.
+  EXPECT_EQ(compute_qparams(t({-100.0}), t({100.0}), spec).first.item<float>(), 0.5f);
   EXPECT_TRUE(throws_with([] { round_scale_to_power_of_two(torch::tensor({0.0f})); },
                           "must be finite and positive"));
 }

@@ -56,7 +56,15 @@ void RunConfig::validate() const {
   TORCH_CHECK(batch_size >= 1, "--batch-size must be >= 1, got ", batch_size);
   TORCH_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores), got ", threads);
   TORCH_CHECK(limit_train >= 0 && limit_test >= 0, "--limit-train/--limit-test must be >= 0");
-  TORCH_CHECK(lr > 0 && qat_lr > 0, "--lr and --qat-lr must be > 0");
+  TORCH_CHECK(lr > 0 && qat_lr > 0 && qat_scale_lr > 0,
+              "--lr, --qat-lr and --qat-scale-lr must be > 0");
+  TORCH_CHECK(qat_schedule == "cosine" || qat_schedule == "constant", "--qat-schedule: unknown ",
+              "schedule '", qat_schedule, "'; valid schedules: cosine, constant");
+  TORCH_CHECK(qat_freeze_bn_epochs >= 0 && qat_freeze_bn_epochs <= qat_epochs,
+              "--qat-freeze-bn-epochs must lie in [0, --qat-epochs = ", qat_epochs, "], got ",
+              qat_freeze_bn_epochs);
+  TORCH_CHECK(val_size >= 1, "--val-size must be >= 1 (training images held out for choices), got ",
+              val_size);
   TORCH_CHECK(!out.empty(), "--out must name a folder");
   TORCH_CHECK(!observers.empty(), "--observers must name at least one observer");
   TORCH_CHECK(!methods.empty(), "--methods must name at least one fake-quant method");
@@ -85,6 +93,10 @@ nlohmann::json RunConfig::to_json() const {
           {"limit_test", limit_test},
           {"lr", lr},
           {"qat_lr", qat_lr},
+          {"qat_scale_lr", qat_scale_lr},
+          {"qat_schedule", qat_schedule},
+          {"qat_freeze_bn_epochs", qat_freeze_bn_epochs},
+          {"val_size", val_size},
           {"march", march},
           {"observers", observers},
           {"methods", methods},
@@ -123,6 +135,10 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("limit_test", limit_test);
     get("lr", lr);
     get("qat_lr", qat_lr);
+    get("qat_scale_lr", qat_scale_lr);
+    get("qat_schedule", qat_schedule);
+    get("qat_freeze_bn_epochs", qat_freeze_bn_epochs);
+    get("val_size", val_size);
     get("march", march);
     get("observers", observers);
     get("methods", methods);

@@ -23,11 +23,15 @@ struct RunConfig {
   int64_t threads = 0;  ///< 0 = all cores
   uint64_t seed = 0;
   std::string out = "out";
-  std::string data_dir;     ///< empty = default location of dataset-fashion-mnist
-  int64_t limit_train = 0;  ///< 0 = all 60000
-  int64_t limit_test = 0;   ///< 0 = all 10000
-  double lr = 1e-3;         ///< float training (Adam, cosine decay)
-  double qat_lr = 1e-4;     ///< QAT (Adam, constant)
+  std::string data_dir;        ///< empty = default location of dataset-fashion-mnist
+  int64_t limit_train = 0;     ///< 0 = all 60000
+  int64_t limit_test = 0;      ///< 0 = all 10000
+  double lr = 1e-3;            ///< float training (Adam, cosine decay)
+  double qat_lr = 1e-4;        ///< QAT weights (Adam)
+  double qat_scale_lr = 1e-5;  ///< QAT quantizer parameters (lsq scales, pact alphas): own group
+  std::string qat_schedule = "cosine";  ///< QAT learning rates: cosine (decay to 0) | constant
+  int64_t qat_freeze_bn_epochs = 1;     ///< last QAT epochs with batch norm frozen
+  int64_t val_size = 5000;  ///< training images held out for every choice (best observer)
   std::string march = "bayes";
   std::vector<std::string> observers = {"min_max", "percentile", "kl",   "mse",
                                         "mix",     "clip_std",   "clip", "fixed_scale"};

@@ -30,7 +30,19 @@ void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config
   app.add_option("--limit-train", c.limit_train, "use only the first N training images (0 = all)");
   app.add_option("--limit-test", c.limit_test, "use only the first N test images (0 = all)");
   app.add_option("--lr", c.lr, "float learning rate (Adam, cosine decay)")->capture_default_str();
-  app.add_option("--qat-lr", c.qat_lr, "QAT learning rate (Adam)")->capture_default_str();
+  app.add_option("--qat-lr", c.qat_lr, "QAT learning rate of the weights (Adam)")
+      ->capture_default_str();
+  app.add_option("--qat-scale-lr", c.qat_scale_lr,
+                 "QAT learning rate of lsq scales and pact alphas (their own Adam group)")
+      ->capture_default_str();
+  app.add_option("--qat-schedule", c.qat_schedule, "QAT learning rates: cosine | constant")
+      ->capture_default_str();
+  app.add_option("--qat-freeze-bn-epochs", c.qat_freeze_bn_epochs,
+                 "last QAT epochs with batch norm frozen (running statistics)")
+      ->capture_default_str();
+  app.add_option("--val-size", c.val_size,
+                 "training images held out to choose the best observer (never the test set)")
+      ->capture_default_str();
   app.add_option("--march", c.march, "bernoulli (power-of-two scales) | bernoulli2 | bayes | nash")
       ->capture_default_str();
   app.add_option("--observers", c.observers, "activation observers to calibrate with")

@@ -18,29 +18,64 @@ namespace {
 
 struct Row {
   std::string stage, name;
-  double top1;
+  double val_top1;
+  c10::optional<double> test_top1;
+  std::string vs_float;  ///< paired difference on the test set, "" when not measured
   std::string time;
 };
 
+std::string paired(const nlohmann::json& comparison) {
+  return fmt::format("{:+.2f} [{:+.2f}, {:+.2f}] {}", comparison["diff_pt"].get<double>(),
+                     comparison["ci_low_pt"].get<double>(), comparison["ci_high_pt"].get<double>(),
+                     comparison["verdict"].get<std::string>());
+}
+
 std::vector<Row> rows_of(const nlohmann::json& results) {
   std::vector<Row> rows;
-  const double float_top1 = results.at("float").at("top1").get<double>();
-  rows.push_back({"float", "float", float_top1,
-                  fmt::format("{:.1f} s/epoch", results["float"].value("seconds_per_epoch", 0.0))});
+  const nlohmann::json& f = results.at("float");
+  Row float_row{"float", "float", f.at("val_top1").get<double>(), c10::nullopt, "", ""};
+  if (f.contains("test_top1")) float_row.test_top1 = f["test_top1"].get<double>();
+  float_row.time = f.value("reused_checkpoint", false)
+                       ? "reused"
+                       : fmt::format("{:.1f} s/epoch", f.value("seconds_per_epoch", 0.0));
+  rows.push_back(float_row);
+  const std::string chosen = results.value("best_observer", std::string());
   if (results.contains("calibration")) {
     for (const auto& item : results["calibration"].items()) {
-      rows.push_back({"calibration", item.key(), item.value()["top1"].get<double>(),
-                      fmt::format("{:.2f} s", item.value()["seconds"].get<double>())});
+      Row row{"calibration",
+              item.key(),
+              item.value()["val_top1"].get<double>(),
+              c10::nullopt,
+              "",
+              fmt::format("{:.2f} s", item.value()["seconds"].get<double>())};
+      if (item.key() == chosen && results.contains("chosen_calibration")) {
+        row.name += " (chosen)";
+        row.test_top1 = results["chosen_calibration"]["test_top1"].get<double>();
+        row.vs_float = paired(results["chosen_calibration"]["vs_float"]);
+      }
+      rows.push_back(row);
     }
   }
   if (results.contains("qat")) {
     for (const auto& item : results["qat"].items()) {
-      rows.push_back(
-          {"qat", item.key(), item.value()["top1"].get<double>(),
-           fmt::format("{:.1f} s/epoch", item.value()["seconds_per_epoch"].get<double>())});
+      Row row{"qat",
+              item.key(),
+              item.value()["val_top1"].get<double>(),
+              c10::nullopt,
+              "",
+              fmt::format("{:.1f} s/epoch", item.value()["seconds_per_epoch"].get<double>())};
+      if (item.value().contains("test_top1")) {
+        row.test_top1 = item.value()["test_top1"].get<double>();
+        row.vs_float = paired(item.value()["vs_float"]);
+      }
+      rows.push_back(row);
     }
   }
   return rows;
+}
+
+std::string test_cell(const Row& row) {
+  return row.test_top1 ? fmt::format("{:.2f}", *row.test_top1) : std::string("-");
 }
 
 // The per-layer clipping threshold t of a symmetric quantizer: the real value of quant_max.
@@ -91,12 +126,11 @@ void write_histogram_svg(const std::string& path, const std::string& title,
 }  // namespace
 
 std::string summary_table(const nlohmann::json& results) {
-  const double float_top1 = results.at("float").at("top1").get<double>();
-  std::string out =
-      fmt::format("{:<12} {:<12} {:>8} {:>8}  {}\n", "stage", "name", "top-1 %", "delta", "time");
+  std::string out = fmt::format("{:<12} {:<20} {:>8} {:>8}  {:<40} {}\n", "stage", "name", "val %",
+                                "test %", "test vs float (paired 95% CI)", "time");
   for (const Row& row : rows_of(results)) {
-    out += fmt::format("{:<12} {:<12} {:>8.2f} {:>+8.2f}  {}\n", row.stage, row.name, row.top1,
-                       row.top1 - float_top1, row.time);
+    out += fmt::format("{:<12} {:<20} {:>8.2f} {:>8}  {:<40} {}\n", row.stage, row.name,
+                       row.val_top1, test_cell(row), row.vs_float, row.time);
   }
   return out;
 }
@@ -104,7 +138,7 @@ std::string summary_table(const nlohmann::json& results) {
 void write_report(const Workspace& ws, const nlohmann::json& results,
                   zoo::ClassifierImpl& float_model, zoo::ClassifierImpl& calibrated) {
   const RunConfig& c = ws.config;
-  const double float_top1 = results.at("float").at("top1").get<double>();
+  const double float_top1 = results.at("float").at("val_top1").get<double>();
 
   // Per-layer histograms of the calibration data, with the best observer's range.
   zoo::Classifier histogram_model =
@@ -134,23 +168,44 @@ void write_report(const Workspace& ws, const nlohmann::json& results,
   }
 
   std::vector<std::pair<std::string, double>> bars;
-  for (const Row& row : rows_of(results)) bars.emplace_back(row.stage + " " + row.name, row.top1);
+  for (const Row& row : rows_of(results)) {
+    bars.emplace_back(row.stage + " " + row.name, row.val_top1);
+  }
   write_accuracy_svg(c.out + "/accuracy.svg", bars, float_top1);
 
   std::string md;
   md += fmt::format("# calq run: {} on Fashion-MNIST, W{}\n\n", c.model, c.bits);
   md += fmt::format(
-      "{} training / {} test images, {} float epochs, {} QAT epochs, {} calibration batches "
-      "of {}, seed {}, {} threads, march {}.\n\n",
-      ws.train.size(), ws.test.size(), c.epochs, c.qat_epochs, c.calib_batches, c.batch_size,
-      c.seed, results["config"].value("threads_used", c.threads), c.march);
-  md += "| stage | name | top-1 % | vs float | time |\n|---|---|---:|---:|---|\n";
+      "{} training / {} validation (held out from training) / {} test images, {} float epochs, "
+      "{} QAT epochs, {} calibration batches of {}, seed {}, {} threads, march {}.\n\n",
+      ws.train.size(), ws.validation.size(), ws.test.size(), c.epochs, c.qat_epochs,
+      c.calib_batches, c.batch_size, c.seed, results["config"].value("threads_used", c.threads),
+      c.march);
+  md +=
+      "Every choice is made on the validation split; the test set measures only the float "
+      "model, the chosen calibration and the QAT models. \"test vs float\" is the paired "
+      "difference on the same test images with its 95 % confidence interval (and McNemar's "
+      "verdict: better / worse only when the interval excludes 0).\n\n";
+  md +=
+      "| stage | name | validation top-1 % | test top-1 % | test vs float (pt, 95 % CI) | time "
+      "|\n|---|---|---:|---:|---|---|\n";
   for (const Row& row : rows_of(results)) {
-    md += fmt::format("| {} | {} | {:.2f} | {:+.2f} | {} |\n", row.stage, row.name, row.top1,
-                      row.top1 - float_top1, row.time);
+    md += fmt::format("| {} | {} | {:.2f} | {} | {} | {} |\n", row.stage, row.name, row.val_top1,
+                      test_cell(row), row.vs_float, row.time);
   }
-  md += fmt::format("\nBest calibration observer: **{}** (its model initialises QAT).\n\n",
-                    results.value("best_observer", std::string("?")));
+  md += fmt::format(
+      "\nBest calibration observer (validation): **{}** (its model initialises QAT); best QAT "
+      "method (validation): **{}**.\n\n",
+      results.value("best_observer", std::string("?")),
+      results.value("best_method", std::string("?")));
+  if (results.contains("qat")) {
+    md += "| QAT method | test vs chosen calibration (pt, 95 % CI) |\n|---|---|\n";
+    for (const auto& item : results["qat"].items()) {
+      if (!item.value().contains("vs_calibration")) continue;
+      md += fmt::format("| {} | {} |\n", item.key(), paired(item.value()["vs_calibration"]));
+    }
+    md += "\n";
+  }
   md += "![accuracy per observer and method](accuracy.svg)\n\n";
   md += "## Activation histograms\n\n";
   md += fmt::format(

@@ -1,7 +1,11 @@
 // calq run: the seed's eleven steps on the embedded default, for every observer and method.
+// Every choice (the best observer, the best method) is made on the validation split held out
+// from the training images; the test set only measures what was chosen, with paired
+// confidence intervals for every difference the report names.
 #include <filesystem>
 #include <iostream>
 
+#include "calq/pipeline/statistics.h"
 #include "calq/pipeline/training.h"
 #include "calq/util/atomic_file.h"
 #include "calq/util/timer.h"
@@ -35,51 +39,70 @@ bool has(const nlohmann::json& j, const std::string& a, const std::string& b) {
   return j.contains(a) && j[a].contains(b);
 }
 
+nlohmann::json comparison_json(const pipeline::PairedComparison& c) {
+  return {{"diff_pt", c.diff_pt},  {"ci_low_pt", c.ci_low_pt}, {"ci_high_pt", c.ci_high_pt},
+          {"p_value", c.p_value},  {"a_only", c.a_only},       {"b_only", c.b_only},
+          {"verdict", c.verdict()}};
+}
+
+// The name with the highest validation top-1 (the first on ties) among `stage`'s entries.
+std::string best_by_validation(const nlohmann::json& results, const std::string& stage,
+                               const std::vector<std::string>& names) {
+  std::string best;
+  for (const std::string& name : names) {
+    if (best.empty() || results[stage][name]["val_top1"].get<double>() >
+                            results[stage][best]["val_top1"].get<double>()) {
+      best = name;
+    }
+  }
+  return best;
+}
+
 }  // namespace
 
 int run_command(const RunConfig& config) {
   util::Timer total;
   Workspace ws = open_workspace(config);
   std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train.size()
-            << " training / " << ws.test.size() << " test images, " << at::get_num_threads()
-            << " threads -> " << config.out << "\n";
+            << " training / " << ws.validation.size() << " validation / " << ws.test.size()
+            << " test images, " << at::get_num_threads() << " threads -> " << config.out << "\n";
   nlohmann::json results = previous_results(config);
   results["config"] = config.to_json();
   results["config"]["threads_used"] = at::get_num_threads();
+  results["data"] = {
+      {"train", ws.train.size()}, {"validation", ws.validation.size()}, {"test", ws.test.size()}};
 
   // Step 1: the float model.
   double float_seconds = 0.0;
   bool reused = false;
   zoo::Classifier float_net = float_model(ws, &float_seconds, &reused);
-  if (!has(results, "float", "top1") || !reused) {
-    results["float"] = {{"top1", pipeline::evaluate(*float_net, ws.test, false, 512, "eval float")},
-                        {"seconds_per_epoch", float_seconds},
-                        {"reused_checkpoint", reused}};
+  if (!has(results, "float", "val_top1") || !reused) {
+    results["float"] = {
+        {"val_top1", pipeline::evaluate(*float_net, ws.validation, false, 512, "val float")},
+        {"seconds_per_epoch", float_seconds},
+        {"reused_checkpoint", reused}};
     save_results(config, results);
   }
-  std::cerr << "float top-1 " << results["float"]["top1"].get<double>() << "%\n";
 
-  // Steps 2-6 for every activation observer: prepare, calibrate, validate.
+  // Steps 2-6 for every activation observer: prepare, calibrate, validate on held-out data.
   const std::vector<at::Tensor> calibration = calibration_images(ws);
-  std::string best;
   for (const std::string& observer : config.observers) {
     const std::string path = config.out + "/calibrated/" + observer + ".pt";
-    if (!(has(results, "calibration", observer) && std::filesystem::exists(path))) {
-      ModelMeta meta;
-      zoo::Classifier model =
-          prepare_from_float(config, *float_net, calibration_qconfig(config, observer), &meta);
-      util::Timer timer;
-      calibrate(model, calibration);
-      const double seconds = timer.seconds();
-      const double top1 = pipeline::evaluate(*model, ws.test, true, 512, "eval " + observer);
-      save_model(*model, meta, path);
-      results["calibration"][observer] = {{"top1", top1}, {"seconds", seconds}};
-      save_results(config, results);
-    }
-    const double top1 = results["calibration"][observer]["top1"].get<double>();
-    std::cerr << "calibration " << observer << ": top-1 " << top1 << "%\n";
-    if (best.empty() || top1 > results["calibration"][best]["top1"].get<double>()) best = observer;
+    if (has(results, "calibration", observer) && std::filesystem::exists(path)) continue;
+    ModelMeta meta;
+    zoo::Classifier model =
+        prepare_from_float(config, *float_net, calibration_qconfig(config, observer), &meta);
+    util::Timer timer;
+    calibrate(model, calibration);
+    const double seconds = timer.seconds();
+    const double top1 = pipeline::evaluate(*model, ws.validation, true, 512, "val " + observer);
+    save_model(*model, meta, path);
+    results["calibration"][observer] = {
+        {"val_top1", top1}, {"seconds", seconds}, {"clamped_scales", clamped_scales(*model)}};
+    save_results(config, results);
+    std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
   }
+  const std::string best = best_by_validation(results, "calibration", config.observers);
   results["best_observer"] = best;
   zoo::Classifier calibrated = load_model(config.out + "/calibrated/" + best + ".pt");
 
@@ -91,17 +114,44 @@ int run_command(const RunConfig& config) {
     zoo::Classifier model =
         prepare_from_float(config, *float_net, qat_qconfig(config, method), &meta);
     const LoadReport report = load_observer_params(*calibrated, *model);
+    TORCH_CHECK(report.ok(), "qat ", method,
+                ": the calibration does not fit the QAT model: ", report.str());
     auto trained = pipeline::train(*model, ws.train, qat_train_options(config, method));
-    const double top1 = pipeline::evaluate(*model, ws.test, true, 512, "eval qat " + method);
+    const double top1 = pipeline::evaluate(*model, ws.validation, true, 512, "val qat " + method);
     save_model(*model, meta, path);
     std::filesystem::remove(qat_resume_checkpoint(config, method));
-    results["qat"][method] = {{"top1", top1},
+    results["qat"][method] = {{"val_top1", top1},
                               {"seconds_per_epoch", trained.seconds_per_epoch},
-                              {"loaded_entries", report.copied.size()},
-                              {"missing_entries", report.missing.size()},
-                              {"unexpected_entries", report.unexpected.size()}};
+                              {"load",
+                               {{"copied_entries", report.copied.size()},
+                                {"converted", report.converted},
+                                {"not_applicable_entries", report.not_applicable.size()}}},
+                              {"clamped_scales", clamped_scales(*model)}};
     save_results(config, results);
-    std::cerr << "qat " << method << ": top-1 " << top1 << "%\n";
+    std::cerr << "qat " << method << ": validation top-1 " << top1 << "%\n";
+  }
+  results["best_method"] = best_by_validation(results, "qat", config.methods);
+
+  // The test set, once, for the float model and what was chosen or trained: top-1 and paired
+  // comparisons on the same images.
+  const pipeline::Evaluation float_test =
+      pipeline::evaluate_each(*float_net, ws.test, false, 512, "test float");
+  results["float"]["test_top1"] = float_test.top1;
+  const pipeline::Evaluation calibrated_test =
+      pipeline::evaluate_each(*calibrated, ws.test, true, 512, "test " + best);
+  results["chosen_calibration"] = {{"observer", best},
+                                   {"test_top1", calibrated_test.top1},
+                                   {"vs_float", comparison_json(pipeline::compare_paired(
+                                                    float_test.correct, calibrated_test.correct))}};
+  for (const std::string& method : config.methods) {
+    zoo::Classifier model = load_model(config.out + "/qat/" + method + ".pt");
+    const pipeline::Evaluation test =
+        pipeline::evaluate_each(*model, ws.test, true, 512, "test qat " + method);
+    results["qat"][method]["test_top1"] = test.top1;
+    results["qat"][method]["vs_float"] =
+        comparison_json(pipeline::compare_paired(float_test.correct, test.correct));
+    results["qat"][method]["vs_calibration"] =
+        comparison_json(pipeline::compare_paired(calibrated_test.correct, test.correct));
   }
 
   util::write_file_atomic(config.out + "/scales_calibrated_" + best + ".json",

@@ -41,6 +41,7 @@ nlohmann::json float_settings(const RunConfig& c) {
           {"lr", c.lr},
           {"batch_size", c.batch_size},
           {"limit_train", c.limit_train},
+          {"val_size", c.val_size},
           {"data_dir", c.data_dir}};
 }
 
@@ -59,7 +60,12 @@ Workspace open_workspace(const RunConfig& config) {
   test_options.root(config.data_dir);
   if (config.limit_train > 0) train_options.limit(config.limit_train);
   if (config.limit_test > 0) test_options.limit(config.limit_test);
-  ws.train = data::load_fashion_mnist(data::Split::train, train_options);
+  const data::Dataset train = data::load_fashion_mnist(data::Split::train, train_options);
+  TORCH_CHECK(config.val_size < train.size(), "--val-size ", config.val_size,
+              " leaves no training images of the ", train.size(), " available");
+  data::HoldOut split = data::hold_out(train, config.val_size, config.seed);
+  ws.train = std::move(split.rest);
+  ws.validation = std::move(split.held_out);
   ws.test = data::load_fashion_mnist(data::Split::test, test_options);
   return ws;
 }
@@ -86,7 +92,9 @@ pipeline::TrainOptions qat_train_options(const RunConfig& config, const std::str
       .epochs(config.qat_epochs)
       .batch_size(config.batch_size)
       .lr(config.qat_lr)
-      .cosine(false)
+      .quantizer_lr(config.qat_scale_lr)
+      .cosine(config.qat_schedule == "cosine")
+      .freeze_bn_epochs(config.qat_freeze_bn_epochs)
       .seed(config.seed + 1)
       .quantized(true)
       .label("qat " + name)

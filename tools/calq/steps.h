@@ -17,11 +17,13 @@ namespace cli {
 
 struct Workspace {
   RunConfig config;
-  data::Dataset train;
+  data::Dataset train;       ///< training images minus the validation split
+  data::Dataset validation;  ///< --val-size training images held out for every choice
   data::Dataset test;
 };
 
-/// Reads the data set (limits applied) and sets the thread count.
+/// Reads the data set (limits applied), holds out the validation split and sets the thread
+/// count.
 Workspace open_workspace(const RunConfig& config);
 
 /// The calibration recipe: fake_quant everywhere, `observer` on activations, min_max on
@@ -33,8 +35,9 @@ QConfig qat_qconfig(const RunConfig& config, const std::string& method);
 
 /// Where an interrupted QAT of `name` resumes from (removed once it finished).
 std::string qat_resume_checkpoint(const RunConfig& config, const std::string& name);
-/// Steps 9-10 for `name`: --qat-epochs of Adam at constant --qat-lr in state QAT, with a
-/// resumable checkpoint.
+/// Steps 9-10 for `name`: --qat-epochs of Adam in state QAT (weights at --qat-lr, quantizer
+/// parameters at --qat-scale-lr, --qat-schedule, the last --qat-freeze-bn-epochs with batch
+/// norm frozen), with a resumable checkpoint.
 pipeline::TrainOptions qat_train_options(const RunConfig& config, const std::string& name);
 
 /// A model as saved by calq: parameters in `path`, how to rebuild it in `path`.json.

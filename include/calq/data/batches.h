@@ -96,6 +96,16 @@ class Batches {
   int64_t num_batches_ = 0;
 };
 
+/// A data set split in two disjoint parts: `held_out` has `held_out_size` examples drawn in a
+/// seeded random order (the same arguments always give the same split), `rest` the others in
+/// their original order. Used to make every choice (best observer, automatic recipes) on data
+/// that is neither trained on nor the test set. Requires 1 <= held_out_size < dataset.size().
+struct HoldOut {
+  Dataset rest;
+  Dataset held_out;
+};
+HoldOut hold_out(const Dataset& dataset, int64_t held_out_size, uint64_t seed);
+
 /// The calibration data of the workflow (semantics.md section 7): `num_batches` batches of
 /// `batch_size` distinct examples drawn from `dataset` in a seeded random order. The same
 /// arguments always give the same batches. Requires num_batches >= 1, batch_size >= 1 and

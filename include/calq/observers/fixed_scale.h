@@ -11,8 +11,10 @@ struct FixedScaleObserverOptions {
   TORCH_ARG(double, scale) = 1.0;
 };
 
-/// qparams() returns exactly `scale` (float32 {1}) and zero_point 0, with or without data
-/// (the spec's power_of_two is not applied: the scale is the user's). update() still checks
+/// qparams() returns `scale` (float32 {1}) and zero_point 0, with or without data. With
+/// spec.power_of_two() (the bernoulli march computes with power-of-two scales only) the scale
+/// is rounded up to a power of two and clamped to [2^-14, 2^-1] like every observer's scale
+/// (power_of_two_scale); scale_clamped() says whether the clamp applied. update() still checks
 /// the data (non-finite values are errors) and counts batches. min_val / max_val hold the
 /// equivalent symmetric range -+scale * (quant_max - quant_min) / 2 from construction on.
 /// Per-tensor only.
@@ -22,6 +24,9 @@ class FixedScaleObserverImpl : public ObserverImpl {
                                   FixedScaleObserverOptions options = {});
   nlohmann::json config() const override;
   std::shared_ptr<ObserverImpl> clone_empty() const override;
+  /// The scale qparams() returns (the configured one, or its power of two).
+  double effective_scale() const;
+  bool power_of_two_clamped() const override;
 
  protected:
   void update_impl(const Batch& batch) override {}

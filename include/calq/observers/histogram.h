@@ -81,6 +81,10 @@ int64_t kl_num_quantized_bins(const QuantSpec& spec);
 /// Computed in O(nq) per end bin from prefix sums (docs/observers.md). Returns an empty
 /// vector when bins < nq.
 std::vector<double> kl_divergences(const AbsHistogram& h, int64_t num_quantized_bins);
+/// The same rule on bare counts (float64 {bins}, contiguous) with `beyond` more values above
+/// the last bin: they count as outliers of every end bin (added to P[i-1], never to Q).
+std::vector<double> kl_divergences(const at::Tensor& counts, double beyond,
+                                   int64_t num_quantized_bins);
 
 /// The end bin i with the lowest divergence (the largest such i on ties) gives the threshold
 /// i * w (the upper edge of the kept range), clamped to max_abs. With bins <= nq every bin

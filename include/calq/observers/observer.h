@@ -58,6 +58,10 @@ class ObserverImpl : public torch::nn::Module {
   /// fixed_scale, which never needs data). All-zero or constant data gives a finite scale.
   std::pair<at::Tensor, at::Tensor> qparams() const;
 
+  /// Whether, on a power-of-two grid, some scale had to be clamped to [2^-14, 2^-1]
+  /// (power_of_two_scale); false on a free grid or without data.
+  virtual bool power_of_two_clamped() const;
+
   /// The result range (min_val, max_val) the qparams come from; throws without data.
   std::pair<at::Tensor, at::Tensor> range() const;
 
@@ -68,8 +72,20 @@ class ObserverImpl : public torch::nn::Module {
   /// without data is a no-op; merging into one without data copies `other`.
   void merge(const ObserverImpl& other);
 
+  /// Makes this observer hold [min_val, max_val] as its result range, as if it had seen
+  /// `batches` (>= 1) batches whose statistics it does not know: a calibrated range carried
+  /// over from another kind of observer (load_observer_params). Kind-specific statistics are
+  /// reset: running-range observers continue their average from this range (it also becomes
+  /// their first-batch range), histogram observers start a fresh histogram with the next
+  /// batch and keep this range until then. fixed_scale ignores it and returns false.
+  /// min_val / max_val: floating, one value per tensor or per channel (C when per-channel),
+  /// finite, min_val <= max_val; errors name the offending value.
+  bool adopt_range(const at::Tensor& min_val, const at::Tensor& max_val, int64_t batches);
+
   /// True once update() saw at least one batch (restored by load).
   bool has_data() const;
+  /// Whether qparams() needs data (false only for fixed_scale).
+  virtual bool needs_data() const { return true; }
   /// True when qparams() can be called: has_data(), or an observer that needs no data.
   bool ready() const { return has_data() || !needs_data(); }
   int64_t batches_seen() const;
@@ -106,8 +122,8 @@ class ObserverImpl : public torch::nn::Module {
   virtual void merge_impl(const ObserverImpl& other) = 0;
   /// Default: compute_qparams(min_val, max_val, spec).
   virtual std::pair<at::Tensor, at::Tensor> qparams_impl() const;
-  /// Whether qparams() needs data (false only for fixed_scale).
-  virtual bool needs_data() const { return true; }
+  /// Resets kind-specific statistics after adopt_range set min_val / max_val / batches.
+  virtual void adopt_range_impl() {}
 
   /// Replaces a buffer's contents in place (never rebinding, so the registered buffer and
   /// the member stay one tensor).

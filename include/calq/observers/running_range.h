@@ -30,6 +30,8 @@ class RunningRangeObserverImpl : public ObserverImpl {
 
   void update_impl(const Batch& batch) final;
   void merge_impl(const ObserverImpl& other) final;
+  /// The adopted range becomes the first-batch range.
+  void adopt_range_impl() final;
 
   double averaging_constant_;
   at::Tensor first_min_;

@@ -1,11 +1,15 @@
 #pragma once
 // Training and evaluation loops of the workflow (float training, QAT, validation), with
-// progress bars and resumable, atomically written checkpoints.
+// progress bars and resumable, atomically written checkpoints. They drive any module with a
+// forward(Tensor) -> logits: zoo classifiers, imported graphs, users' models.
 
 #include <torch/arg.h>
+#include <torch/nn/module.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "calq/data/fashion_mnist.h"
 #include "calq/zoo/models.h"
@@ -13,18 +17,31 @@
 namespace calq {
 namespace pipeline {
 
+/// images [N, ...] -> logits [N, classes].
+using Forward = std::function<at::Tensor(const at::Tensor&)>;
+
 struct TrainOptions {
   /// Passes over the training set. Default 1.
   TORCH_ARG(int64_t, epochs) = 1;
   TORCH_ARG(int64_t, batch_size) = 128;
-  /// Adam learning rate. Default 1e-3.
+  /// Adam learning rate of the weights. Default 1e-3.
   TORCH_ARG(double, lr) = 1e-3;
-  /// Cosine decay of the learning rate to 0 over all steps (else constant). Default true.
+  /// Adam learning rate of the quantizer parameters (lsq scales and log2 scales, pact
+  /// alphas), which form their own parameter group without weight decay: Adam normalizes each
+  /// parameter's step, which cancels LSQ's gradient scale, so a step of the weights' size
+  /// moves a small per-channel scale by a large fraction of itself. <= 0: the weights' lr.
+  /// Default 0.
+  TORCH_ARG(double, quantizer_lr) = 0.0;
+  /// Cosine decay of both learning rates to 0 over all steps (else constant). Default true.
   TORCH_ARG(bool, cosine) = true;
+  /// The last N epochs run with batch norm frozen (folded Conv-BN blocks use, and stop
+  /// updating, their running statistics: the deployed arithmetic). Default 0.
+  TORCH_ARG(int64_t, freeze_bn_epochs) = 0;
   /// Seed of the shuffling (epoch e uses (seed, e)). Default 0.
   TORCH_ARG(uint64_t, seed) = 0;
-  /// true: the model is prepared; train in state QAT (observers update, fake quant on).
-  /// false: float training (model.train()). Default false.
+  /// true: the model is prepared; train in state QAT (observers update, fake quant on) and
+  /// project the quantizer parameters after every step. false: float training
+  /// (model.train()). Default false.
   TORCH_ARG(bool, quantized) = false;
   /// Progress label, e.g. "float" or "qat lsq".
   TORCH_ARG(std::string, label) = "train";
@@ -42,15 +59,33 @@ struct TrainResult {
   double final_loss = 0.0;         ///< mean training loss of the last epoch
 };
 
-/// Trains `model` with Adam and cross-entropy. Throws on an empty dataset, a non-finite loss
-/// (naming the epoch and step) or a checkpoint that does not fit the model.
+/// Trains `model` (whose logits `forward` computes) with Adam and cross-entropy. Throws on an
+/// empty dataset, a non-finite loss (naming the epoch and step) or a checkpoint that does not
+/// fit the model.
+TrainResult train(torch::nn::Module& model, const Forward& forward, const data::Dataset& dataset,
+                  const TrainOptions& options);
 TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
                   const TrainOptions& options);
 
-/// Top-1 accuracy in percent. quantized: evaluate in state VALIDATION (fake quantization on,
+/// Top-1 accuracy and which images were right.
+struct Evaluation {
+  double top1 = 0.0;             ///< percent
+  std::vector<uint8_t> correct;  ///< per image, in dataset order
+};
+
+/// Evaluates `model` on `dataset`. quantized: in state VALIDATION (fake quantization on,
 /// scales frozen), else in eval mode. Throws on an empty dataset.
+Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
+                         const data::Dataset& dataset, bool quantized, int64_t batch_size = 512,
+                         const std::string& label = "eval");
+Evaluation evaluate_each(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
+                         int64_t batch_size = 512, const std::string& label = "eval");
+/// Top-1 accuracy in percent (evaluate_each(...).top1).
 double evaluate(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
                 int64_t batch_size = 512, const std::string& label = "eval");
+
+/// Freezes (or unfreezes) batch norm in every folded Conv-BN block of `model`.
+void freeze_batch_norm(torch::nn::Module& model, bool frozen = true);
 
 }  // namespace pipeline
 }  // namespace calq

@@ -36,9 +36,22 @@ at::Tensor lsq_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
 /// PACT (Choi et al., 2018), symmetric: c = clamp(x, -alpha, alpha), then fake quantization
 /// with scale = alpha / ((quant_max - quant_min) / 2) and zero point 0 (eq. 7).
 /// Backward: dx = dy for -alpha < x < alpha, else 0; dalpha = sum(dy * [x >= alpha]) -
-/// sum(dy * [x <= -alpha]). alpha: one element, finite, > 0. Per-tensor, symmetric only;
-/// with spec.power_of_two() the scale is rounded up to a power of two. NaN x gives NaN and no
-/// gradient; +Inf counts as x >= alpha, -Inf as x <= -alpha.
+/// sum(dy * [x <= -alpha]). alpha: one element, finite, > 0. Per-tensor, symmetric only.
+/// With spec.power_of_two() alpha is first moved onto the power-of-two grid (eq. 7b):
+/// scale = power_of_two_scale(alpha / half_steps, nearest), clip at alpha' = scale * half_steps;
+/// the gradient reaches alpha straight through (dalpha computed at alpha'). NaN x gives NaN and
+/// no gradient; +Inf counts as x >= alpha, -Inf as x <= -alpha.
 at::Tensor pact_fake_quantize(const at::Tensor& x, const at::Tensor& alpha, const QuantSpec& spec);
+
+/// The scale PACT uses for `alpha` (eq. 7 / 7b): alpha / ((quant_max - quant_min) / 2), on the
+/// power-of-two grid (nearest, clamped) when spec.power_of_two(). alpha finite and > 0.
+double pact_scale(double alpha, const QuantSpec& spec);
+
+/// A power-of-two scale learned through its base-2 logarithm (eq. 6b; lsq under the bernoulli
+/// march, as in TQT, Jain et al. 2019): forward 2^k with k = floor(log2_scale + 0.5) clamped
+/// to [kPowerOfTwoMinExponent, kPowerOfTwoMaxExponent]; backward straight through the
+/// rounding: dL/dlog2_scale = dL/dscale * 2^k * ln 2. log2_scale: float tensor of any shape,
+/// finite values (non-finite values are an error naming the index).
+at::Tensor learned_power_of_two_scale(const at::Tensor& log2_scale);
 
 }  // namespace calq

@@ -13,13 +13,34 @@ namespace calq {
 /// non-zero scale (never 0, inf or NaN).
 constexpr double kMinScale = 1.1920928955078125e-07;
 
+/// Power-of-two scales (spec.power_of_two(), the "bernoulli" march) are kept within
+/// [2^kPowerOfTwoMinExponent, 2^kPowerOfTwoMaxExponent] = [2^-14, 2^-1], as the plugin's
+/// observers do (they clamp the shift to 1..14). A scale clamped at 2^-1 saturates int8 at
+/// 63.5; a scale clamped at 2^-14 quantizes values below 2^-15 to 0. Every clamp is reported
+/// (power_of_two_clamped, FakeQuantize::scale_clamped, calq::clamped_scales).
+constexpr int kPowerOfTwoMinExponent = -14;
+constexpr int kPowerOfTwoMaxExponent = -1;
+
+/// How a positive scale becomes a power of two.
+enum class PowerOfTwoRounding {
+  up,       ///< 2^ceil(log2(s)): observers and fixed scales (never clips more than asked).
+  nearest,  ///< 2^round(log2(s)), ties up: learned values (lsq, pact), so that a learned value
+            ///< that starts on the grid stays there until it has moved half an octave.
+};
+
+/// `scale` (finite, > 0) as a power of two, clamped to [2^-14, 2^-1]. Exact (frexp/ldexp).
+double power_of_two_scale(double scale, PowerOfTwoRounding rounding = PowerOfTwoRounding::up);
+/// Whether power_of_two_scale(scale, rounding) had to clamp.
+bool power_of_two_clamped(double scale, PowerOfTwoRounding rounding = PowerOfTwoRounding::up);
+
 /// Scale and zero point for the range [min_val, max_val].
 ///
 /// Symmetric (default, eq. 1): scale = max(|min|, |max|) / ((quant_max - quant_min) / 2),
 /// zero_point = 0; for qint8 the divisor is 127.5. Affine (eq. 4):
 /// scale = (max - min) / (quant_max - quant_min), zero_point = quant_min - round(min / scale),
 /// with the range first widened to contain 0. Both are floored at kMinScale; with
-/// spec.power_of_two() the scale is then rounded up to the next power of two.
+/// spec.power_of_two() the scale is then rounded up to the next power of two and clamped to
+/// [2^-14, 2^-1] (power_of_two_scale); the affine zero point is computed with that scale.
 ///
 /// min_val / max_val: same shape; one element (per-tensor) or one per channel. Any floating
 /// dtype. Non-finite bounds are an error naming the offending value.
@@ -27,7 +48,8 @@ constexpr double kMinScale = 1.1920928955078125e-07;
 std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
                                                   const at::Tensor& max_val, const QuantSpec& spec);
 
-/// Rounds each scale up to 2^ceil(log2(scale)); scales must be positive and finite.
+/// Rounds each scale up to 2^ceil(log2(scale)) and clamps it to [2^-14, 2^-1]
+/// (power_of_two_scale); scales must be positive and finite.
 at::Tensor round_scale_to_power_of_two(const at::Tensor& scale);
 
 }  // namespace calq
