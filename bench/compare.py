@@ -67,18 +67,23 @@ def main():
 
 
 def print_table(calq, pytorch, threads):
-    rows = [("float", calq["float"]["top1"], calq["float"].get("seconds_per_epoch"),
+    # calq's top-1 are on the test set; its choices were made on a validation split held out
+    # from the training images (calq trains on the rest).
+    rows = [("float", calq["float"]["test_top1"], calq["float"].get("seconds_per_epoch"),
              pytorch["float"]["top1"], pytorch["float"].get("seconds_per_epoch"))]
     best = calq.get("best_observer")
     for name, entry in pytorch.get("calibration", {}).items():
-        ours = calq["calibration"][best]
-        rows.append((f"PTQ (calq {best} / torch {name})", ours["top1"], ours["seconds"],
+        rows.append((f"PTQ (calq {best} / torch {name})",
+                     calq["chosen_calibration"]["test_top1"], calq["calibration"][best]["seconds"],
                      entry["top1"], entry.get("seconds")))
     for name, entry in pytorch.get("qat", {}).items():
         for method, ours in calq.get("qat", {}).items():
-            rows.append((f"QAT (calq {method} / torch {name})", ours["top1"],
+            rows.append((f"QAT (calq {method} / torch {name})", ours["test_top1"],
                          ours["seconds_per_epoch"], entry["top1"], entry.get("seconds_per_epoch")))
-    print(f"\n{threads} threads; time = s/epoch for training, s for calibration")
+    data = calq.get("data", {})
+    print(f"\ncalq trained on {data.get('train')} images and chose on {data.get('validation')} "
+          f"held-out training images; both report test top-1")
+    print(f"{threads} threads; time = s/epoch for training, s for calibration")
     print(f"{'stage':<42} {'calq top-1':>10} {'calq s':>8} {'torch top-1':>11} {'torch s':>8}")
     for stage, a, at, b, bt in rows:
         fmt = lambda v: f"{v:8.2f}" if isinstance(v, (int, float)) else f"{'-':>8}"

@@ -3,5 +3,5 @@
 # (`calq run`; extra arguments are passed on, e.g. --model resnet --bits 4/4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh main
 exec "${CALQ_BUILD_DIR:-build}/calq" run "$@"

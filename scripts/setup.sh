@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Installs what calq needs on Debian 12 (as root; skipped when already present) and builds it
 # in Release into ${CALQ_BUILD_DIR:-build}.
+#
+#   bash scripts/setup.sh main   # what `calq run` needs: the library and the command line only
+#   bash scripts/setup.sh test   # everything: tests, benchmarks and their references (default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-test}"
 
-packages=(cmake g++ make ccache libtorch-dev libgtest-dev libbenchmark-dev libcli11-dev
-          nlohmann-json3-dev libfmt-dev zlib1g-dev dataset-fashion-mnist
-          libopenblas0-openmp)
 # libopenblas0-openmp: Debian's libtorch calls the system BLAS, which is the slow reference
 # implementation unless an optimized one is installed (2.4x faster training measured here).
+packages=(cmake g++ make ccache libtorch-dev libcli11-dev nlohmann-json3-dev libfmt-dev
+          zlib1g-dev dataset-fashion-mnist libopenblas0-openmp)
+case "${mode}" in
+  main) cmake_flags=(-DCALQ_BUILD_TESTS=OFF -DCALQ_BUILD_BENCH=OFF); targets=(--target calq_cli) ;;
+  test) packages+=(libgtest-dev libbenchmark-dev); cmake_flags=(-DCALQ_BUILD_TESTS=ON -DCALQ_BUILD_BENCH=ON); targets=() ;;
+  *) echo "scripts/setup.sh: unknown mode '${mode}'; valid modes: main, test" >&2; exit 2 ;;
+esac
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,5 +30,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 build="${CALQ_BUILD_DIR:-build}"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
-cmake --build "$build" -j"$(nproc)"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${cmake_flags[@]}"
+cmake --build "$build" -j"$(nproc)" "${targets[@]}"

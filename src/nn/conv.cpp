@@ -120,7 +120,7 @@ at::Tensor ConvBlockImpl::forward(const at::Tensor& x) {
   } else {
     y = forward_folded(x);
   }
-  return quantize_output(activate(y));
+  return traced({x}, quantize_output(activate(y)));
 }
 
 }  // namespace detail

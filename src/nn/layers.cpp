@@ -11,28 +11,28 @@ namespace calq {
 namespace nn {
 
 at::Tensor ReLUImpl::forward(const at::Tensor& x) {
-  return quantize_output(at::relu(x));
+  return traced({x}, quantize_output(at::relu(x)));
 }
 
 at::Tensor ReLU6Impl::forward(const at::Tensor& x) {
-  return quantize_output(at::hardtanh(x, 0.0, 6.0));
+  return traced({x}, quantize_output(at::hardtanh(x, 0.0, 6.0)));
 }
 
 at::Tensor AddImpl::forward(const at::Tensor& a, const at::Tensor& b) {
-  return quantize_output(at::add(a, b));
+  return traced({a, b}, quantize_output(at::add(a, b)));
 }
 
 at::Tensor AddReLUImpl::forward(const at::Tensor& a, const at::Tensor& b) {
   // In place on the fresh sum: one buffer instead of two (add's backward needs no output).
-  return quantize_output(at::add(a, b).relu_());
+  return traced({a, b}, quantize_output(at::add(a, b).relu_()));
 }
 
 at::Tensor MulImpl::forward(const at::Tensor& a, const at::Tensor& b) {
-  return quantize_output(at::mul(a, b));
+  return traced({a, b}, quantize_output(at::mul(a, b)));
 }
 
 at::Tensor CatImpl::forward(const std::vector<at::Tensor>& tensors) {
-  return quantize_output(at::cat(tensors, dim));
+  return traced(tensors, quantize_output(at::cat(tensors, dim)));
 }
 
 MaxPool2dImpl::MaxPool2dImpl(MaxPool2dOptions options) : QuantModuleImpl("MaxPool2d") {

@@ -13,7 +13,7 @@ LinearBlockImpl::LinearBlockImpl(std::string type_name, LinearOptions options, b
 
 at::Tensor LinearBlockImpl::forward(const at::Tensor& x) {
   at::Tensor y = at::linear(x, quantize_weight(linear->weight), linear->bias);
-  return quantize_output(relu_ ? at::relu(y) : y);
+  return traced({x}, quantize_output(relu_ ? at::relu(y) : y));
 }
 
 }  // namespace detail

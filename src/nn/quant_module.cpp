@@ -5,6 +5,24 @@
 namespace calq {
 namespace nn {
 
+namespace {
+thread_local CallRecorder* active_recorder = nullptr;
+}  // namespace
+
+RecordingScope::RecordingScope(CallRecorder* recorder) : previous_(active_recorder) {
+  active_recorder = recorder;
+}
+
+RecordingScope::~RecordingScope() {
+  active_recorder = previous_;
+}
+
+at::Tensor QuantModuleImpl::traced(const std::vector<at::Tensor>& inputs,
+                                   const at::Tensor& output) const {
+  if (active_recorder != nullptr) active_recorder->record(*this, inputs, output);
+  return output;
+}
+
 QuantModuleImpl::QuantModuleImpl(std::string type_name) : type_name_(std::move(type_name)) {}
 
 void QuantModuleImpl::prepare(const QConfig& resolved) {

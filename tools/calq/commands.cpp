@@ -37,12 +37,17 @@ int calibrate_command(const RunConfig& config, const std::string& observer,
   util::Timer timer;
   calibrate(model, calibration_images(ws));
   const double calibration_seconds = timer.seconds();
+  const double val_top1 = pipeline::evaluate(*model, ws.validation, /*quantized=*/true);
   const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/true);
   const std::string name = qconfig_file.empty() ? observer : "custom";
   const std::string path = config.out + "/calibrated/" + name + ".pt";
   save_model(*model, meta, path);
-  std::cout << "calibrated with " << name << " in " << calibration_seconds << " s: top-1 " << top1
-            << "%  -> " << path << "\n";
+  for (const auto& clamped : clamped_scales(*model)) {
+    std::cout << "warning: power-of-two scale clamped to [2^-14, 2^-1]: " << clamped << "\n";
+  }
+  std::cout << "calibrated with " << name << " in " << calibration_seconds
+            << " s: validation top-1 " << val_top1 << "%, test top-1 " << top1 << "%  -> " << path
+            << "\n";
   return 0;
 }
 
@@ -69,6 +74,8 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   zoo::Classifier model = prepare_from_float(config, *float_net, qconfig, &meta);
   const LoadReport report = load_observer_params(*calibrated_model, *model);
   std::cout << "load_observer_params: " << report.str() << "\n";
+  TORCH_CHECK(report.ok(), "qat: the calibration in '", calibrated,
+              "' does not fit the QAT model (see the mismatches above)");
   const std::string name = qconfig_file.empty() ? method : "custom";
   auto result = pipeline::train(*model, ws.train, qat_train_options(config, name));
   const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/true);

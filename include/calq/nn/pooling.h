@@ -18,7 +18,7 @@ using AdaptiveAvgPool2dOptions = torch::nn::AdaptiveAvgPool2dOptions;
 class MaxPool2dImpl : public QuantModuleImpl {
  public:
   explicit MaxPool2dImpl(MaxPool2dOptions options);
-  at::Tensor forward(const at::Tensor& x) { return pool->forward(x); }
+  at::Tensor forward(const at::Tensor& x) { return traced({x}, pool->forward(x)); }
   bool is_quantization_point() const override { return false; }
   torch::nn::MaxPool2d pool{nullptr};
 };
@@ -28,7 +28,7 @@ TORCH_MODULE(MaxPool2d);
 class AvgPool2dImpl : public QuantModuleImpl {
  public:
   explicit AvgPool2dImpl(AvgPool2dOptions options);
-  at::Tensor forward(const at::Tensor& x) { return quantize_output(pool->forward(x)); }
+  at::Tensor forward(const at::Tensor& x) { return traced({x}, quantize_output(pool->forward(x))); }
   torch::nn::AvgPool2d pool{nullptr};
 };
 TORCH_MODULE(AvgPool2d);
@@ -37,7 +37,7 @@ TORCH_MODULE(AvgPool2d);
 class AdaptiveAvgPool2dImpl : public QuantModuleImpl {
  public:
   explicit AdaptiveAvgPool2dImpl(AdaptiveAvgPool2dOptions options);
-  at::Tensor forward(const at::Tensor& x) { return quantize_output(pool->forward(x)); }
+  at::Tensor forward(const at::Tensor& x) { return traced({x}, quantize_output(pool->forward(x))); }
   torch::nn::AdaptiveAvgPool2d pool{nullptr};
 };
 TORCH_MODULE(AdaptiveAvgPool2d);

@@ -6,12 +6,35 @@
 #include <torch/nn/module.h>
 
 #include <string>
+#include <vector>
 
 #include "calq/fake_quantize.h"
 #include "calq/qconfig.h"
 
 namespace calq {
 namespace nn {
+
+class QuantModuleImpl;
+
+/// Receives every calq::nn module call while calq::trace runs (one recorder per thread).
+class CallRecorder {
+ public:
+  virtual ~CallRecorder() = default;
+  virtual void record(const QuantModuleImpl& module, const std::vector<at::Tensor>& inputs,
+                      const at::Tensor& output) = 0;
+};
+
+/// Makes `recorder` this thread's recorder until the scope ends (scopes nest).
+class RecordingScope {
+ public:
+  explicit RecordingScope(CallRecorder* recorder);
+  ~RecordingScope();
+  RecordingScope(const RecordingScope&) = delete;
+  RecordingScope& operator=(const RecordingScope&) = delete;
+
+ private:
+  CallRecorder* previous_;
+};
 
 /// A quantizable module. Until prepared it computes exactly what its torch::nn counterpart
 /// computes. prepare() registers up to two FakeQuantize children:
@@ -49,6 +72,10 @@ class QuantModuleImpl : public torch::nn::Module {
   /// Identity while the slot is empty.
   at::Tensor quantize_weight(const at::Tensor& weight);
   at::Tensor quantize_output(const at::Tensor& output);
+  /// Reports the call (inputs -> output) to this thread's recorder, if a trace runs, and
+  /// returns output. Every forward ends with it, so that traces see the dataflow between
+  /// modules.
+  at::Tensor traced(const std::vector<at::Tensor>& inputs, const at::Tensor& output) const;
 
  private:
   std::string type_name_;

@@ -16,7 +16,7 @@ using FlattenOptions = torch::nn::FlattenOptions;
 class FlattenImpl : public QuantModuleImpl {
  public:
   explicit FlattenImpl(FlattenOptions options = {});
-  at::Tensor forward(const at::Tensor& x) { return flatten->forward(x); }
+  at::Tensor forward(const at::Tensor& x) { return traced({x}, flatten->forward(x)); }
   bool is_quantization_point() const override { return false; }
   torch::nn::Flatten flatten{nullptr};
 };
@@ -26,7 +26,7 @@ TORCH_MODULE(Flatten);
 class IdentityImpl : public QuantModuleImpl {
  public:
   IdentityImpl() : QuantModuleImpl("Identity") {}
-  at::Tensor forward(const at::Tensor& x) { return x; }
+  at::Tensor forward(const at::Tensor& x) { return traced({x}, x); }
   bool is_quantization_point() const override { return false; }
 };
 TORCH_MODULE(Identity);

@@ -21,7 +21,7 @@ struct QuantStubOptions {
 class QuantStubImpl : public QuantModuleImpl {
  public:
   explicit QuantStubImpl(QuantStubOptions options = {});
-  at::Tensor forward(const at::Tensor& x) { return quantize_output(x); }
+  at::Tensor forward(const at::Tensor& x) { return traced({x}, quantize_output(x)); }
   void prepare(const QConfig& resolved) override;
 
   QuantStubOptions options;
@@ -32,7 +32,7 @@ TORCH_MODULE(QuantStub);
 class DeQuantStubImpl : public QuantModuleImpl {
  public:
   DeQuantStubImpl() : QuantModuleImpl("DeQuantStub") {}
-  at::Tensor forward(const at::Tensor& x) { return x; }
+  at::Tensor forward(const at::Tensor& x) { return traced({x}, x); }
   bool is_quantization_point() const override { return false; }
 };
 TORCH_MODULE(DeQuantStub);

@@ -1,0 +1,59 @@
+#pragma once
+// The dataflow of a model built from calq::nn modules, recorded by running it once: which
+// module reads which tensor. A hand-written C++ model's forward is opaque; its trace is what
+// the deployment exporter, the integer engine and the per-layer analysis walk.
+
+#include <torch/nn/module.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "calq/nn/quant_module.h"
+
+namespace calq {
+
+/// One tensor of the traced forward.
+struct TracedValue {
+  int64_t id = 0;
+  std::vector<int64_t> shape;
+  /// Index into Trace::calls of the call that produced it; -1 for a model input.
+  int64_t producer = -1;
+};
+
+/// One call of a calq::nn module.
+struct TracedCall {
+  std::string path;                       ///< module path as in named_modules()
+  nn::QuantModuleImpl* module = nullptr;  ///< the module (owned by the model)
+  std::vector<int64_t> inputs;            ///< value ids, in argument order
+  int64_t output = -1;                    ///< value id
+};
+
+/// Calls in execution order (a topological order of the dataflow graph).
+struct Trace {
+  std::vector<TracedCall> calls;
+  std::vector<TracedValue> values;
+  std::vector<int64_t> inputs;   ///< value ids of the model inputs
+  std::vector<int64_t> outputs;  ///< value ids of the model outputs
+  /// Indices of the calls that read value `id`.
+  std::vector<int64_t> consumers(int64_t id) const;
+  /// The call that produced value `id`, or nullptr for a model input.
+  const TracedCall* producer(int64_t id) const;
+};
+
+/// images -> outputs of a model.
+using TraceForward = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
+
+/// Runs `forward` once on `inputs` (without gradients; the model's states are left as they
+/// are) and records every calq::nn module call. Every tensor a module reads must be a model
+/// input or the output of an earlier calq::nn module: a tensor computed in between by plain
+/// ATen code (at::add, a view) is an error naming the module that read it, since export and
+/// analysis could not see that computation. Every module of the model that ran appears once
+/// per call (a module called twice appears twice).
+Trace trace(torch::nn::Module& model, const TraceForward& forward,
+            const std::vector<at::Tensor>& inputs);
+/// Single input, single output.
+Trace trace(torch::nn::Module& model, const std::function<at::Tensor(const at::Tensor&)>& forward,
+            const at::Tensor& input);
+
+}  // namespace calq

@@ -1,0 +1,123 @@
+#include "calq/trace.h"
+
+#include <c10/util/Exception.h>
+#include <torch/utils.h>
+
+#include <map>
+
+namespace calq {
+namespace {
+
+class Recorder : public nn::CallRecorder {
+ public:
+  Recorder(torch::nn::Module& model, const std::vector<at::Tensor>& inputs) {
+    for (const auto& item : model.named_modules("", /*include_self=*/true)) {
+      paths_[item.value().get()] = item.key();
+    }
+    for (const at::Tensor& x : inputs) trace_.inputs.push_back(new_value(x, -1));
+  }
+
+  void record(const nn::QuantModuleImpl& module, const std::vector<at::Tensor>& inputs,
+              const at::Tensor& output) override {
+    auto found = paths_.find(&module);
+    TORCH_CHECK(found != paths_.end(), "trace: a ", module.type_name(),
+                " module that is not part of the traced model was called");
+    TracedCall call;
+    call.path = found->second;
+    call.module = const_cast<nn::QuantModuleImpl*>(&module);
+    for (const at::Tensor& x : inputs) {
+      auto id = ids_.find(x.unsafeGetTensorImpl());
+      TORCH_CHECK(id != ids_.end(), "trace: ", module.type_name(), " '", call.path,
+                  "' reads a tensor of shape ", x.sizes(),
+                  " that is neither a model input nor the output of a calq::nn module: it was "
+                  "computed by plain ATen code between modules. Use calq::nn modules for it "
+                  "(Add, Mul, Cat, Flatten, Identity, ...) so that export and analysis see it");
+      call.inputs.push_back(id->second);
+    }
+    call.output = new_value(output, static_cast<int64_t>(trace_.calls.size()));
+    trace_.calls.push_back(std::move(call));
+  }
+
+  int64_t id_of(const at::Tensor& x) const {
+    auto id = ids_.find(x.unsafeGetTensorImpl());
+    TORCH_CHECK(id != ids_.end(), "trace: the model returned a tensor of shape ", x.sizes(),
+                " that no calq::nn module produced (computed by plain ATen code after the last "
+                "module?)");
+    return id->second;
+  }
+
+  Trace take() { return std::move(trace_); }
+
+ private:
+  int64_t new_value(const at::Tensor& x, int64_t producer) {
+    TracedValue value;
+    value.id = static_cast<int64_t>(trace_.values.size());
+    value.shape = x.sizes().vec();
+    value.producer = producer;
+    trace_.values.push_back(value);
+    // A module may return its input (Identity): the newest value of a tensor wins, which is
+    // what later readers see. Tensors are kept alive so that addresses are never reused.
+    ids_[x.unsafeGetTensorImpl()] = value.id;
+    alive_.push_back(x);
+    return value.id;
+  }
+
+  Trace trace_;
+  std::map<const torch::nn::Module*, std::string> paths_;
+  std::map<const c10::TensorImpl*, int64_t> ids_;
+  std::vector<at::Tensor> alive_;
+};
+
+}  // namespace
+
+std::vector<int64_t> Trace::consumers(int64_t id) const {
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    for (int64_t input : calls[i].inputs) {
+      if (input == id) {
+        out.push_back(static_cast<int64_t>(i));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+const TracedCall* Trace::producer(int64_t id) const {
+  TORCH_CHECK(id >= 0 && id < static_cast<int64_t>(values.size()), "trace: value ", id,
+              " does not exist");
+  const int64_t call = values[id].producer;
+  return call < 0 ? nullptr : &calls[call];
+}
+
+Trace trace(torch::nn::Module& model, const TraceForward& forward,
+            const std::vector<at::Tensor>& inputs) {
+  TORCH_CHECK(!inputs.empty(), "trace: give at least one example input");
+  Recorder recorder(model, inputs);
+  std::vector<at::Tensor> outputs;
+  {
+    torch::NoGradGuard no_grad;
+    nn::RecordingScope scope(&recorder);
+    outputs = forward(inputs);
+  }
+  std::vector<int64_t> ids;
+  for (const at::Tensor& y : outputs) ids.push_back(recorder.id_of(y));
+  Trace result = recorder.take();
+  result.outputs = ids;
+  TORCH_CHECK(!result.calls.empty(),
+              "trace: the forward called no calq::nn module; build the "
+              "model from calq::nn modules");
+  return result;
+}
+
+Trace trace(torch::nn::Module& model, const std::function<at::Tensor(const at::Tensor&)>& forward,
+            const at::Tensor& input) {
+  return trace(
+      model,
+      [&forward](const std::vector<at::Tensor>& xs) {
+        return std::vector<at::Tensor>{forward(xs[0])};
+      },
+      std::vector<at::Tensor>{input});
+}
+
+}  // namespace calq

@@ -1,0 +1,92 @@
+// calq::trace on the zoo and on hand-written models: the recorded dataflow is the model's.
+
+#include "calq/trace.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "calq/nn.h"
+#include "calq/workflow.h"
+#include "calq/zoo/models.h"
+
+namespace {
+
+calq::Trace trace_of(calq::zoo::Classifier& model) {
+  return calq::trace(
+      *model, [&model](const at::Tensor& x) { return model->forward(x); },
+      torch::randn({2, 1, 28, 28}));
+}
+
+const calq::TracedCall& call_at(const calq::Trace& t, const std::string& path) {
+  for (const auto& call : t.calls) {
+    if (call.path == path) return call;
+  }
+  throw std::runtime_error("no call " + path);
+}
+
+TEST(Trace, ResNetBlocksReadTheirShortcuts) {
+  calq::zoo::Classifier model = calq::zoo::make_model("resnet");
+  const calq::Trace t = trace_of(model);
+  // quant, stem, 3 blocks of (conv1, conv2, [shortcut], add_relu), pool, flatten, fc, dequant.
+  EXPECT_EQ(t.calls.size(), 17u);  // 1 + 1 + (3 + 4 + 4) + 4
+  EXPECT_EQ(t.calls.front().path, "quant");
+  EXPECT_EQ(t.calls.front().inputs, std::vector<int64_t>{t.inputs[0]});
+  // layer1 has no shortcut: its add reads conv2's output and the block input (stem's output).
+  const auto& add1 = call_at(t, "layer1.add_relu");
+  EXPECT_EQ(t.producer(add1.inputs[0])->path, "layer1.conv2");
+  EXPECT_EQ(t.producer(add1.inputs[1])->path, "stem");
+  // layer2 has one: its add reads the shortcut convolution.
+  const auto& add2 = call_at(t, "layer2.add_relu");
+  EXPECT_EQ(t.producer(add2.inputs[1])->path, "layer2.shortcut");
+  EXPECT_EQ(t.producer(call_at(t, "layer2.shortcut").inputs[0])->path, "layer1.add_relu");
+  // The model's output is the DeQuantStub's (which returns fc's tensor itself).
+  EXPECT_EQ(t.producer(t.outputs[0])->path, "dequant");
+  EXPECT_EQ(t.values[t.outputs[0]].shape, (std::vector<int64_t>{2, 10}));
+  EXPECT_EQ(t.consumers(call_at(t, "stem").output).size(), 2u);
+}
+
+TEST(Trace, PreparedModelsTraceTheSameInEveryState) {
+  for (const std::string& name : calq::zoo::model_names()) {
+    calq::zoo::Classifier model = calq::zoo::make_model(name);
+    const size_t float_calls = trace_of(model).calls.size();
+    calq::fuse(*model);
+    calq::prepare_qat(*model, calq::get_default_qconfig());
+    calq::calibrate(model, std::vector<at::Tensor>{torch::randn({2, 1, 28, 28})});
+    EXPECT_EQ(trace_of(model).calls.size(), float_calls) << name;
+    calq::set_fake_quantize(*model, calq::FakeQuantState::VALIDATION);
+    EXPECT_EQ(trace_of(model).calls.size(), float_calls) << name;
+  }
+}
+
+class HiddenAddImpl : public torch::nn::Module {
+ public:
+  HiddenAddImpl() {
+    quant = register_module("quant", calq::nn::QuantStub());
+    conv = register_module("conv", calq::nn::Conv2d(calq::nn::Conv2dOptions(1, 2, 3).padding(1)));
+    relu = register_module("relu", calq::nn::ReLU());
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    const at::Tensor y = quant(x);
+    return relu(conv(y) + y);  // a plain ATen add between modules
+  }
+  calq::nn::QuantStub quant{nullptr};
+  calq::nn::Conv2d conv{nullptr};
+  calq::nn::ReLU relu{nullptr};
+};
+TORCH_MODULE(HiddenAdd);
+
+TEST(Trace, PlainAtenCodeBetweenModulesIsAnError) {
+  HiddenAdd model;
+  try {
+    calq::trace(
+        *model, [&model](const at::Tensor& x) { return model->forward(x); },
+        torch::randn({1, 1, 4, 4}));
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("ReLU 'relu' reads a tensor"), std::string::npos) << message;
+    EXPECT_NE(message.find("plain ATen code"), std::string::npos) << message;
+  }
+}
+
+}  // namespace
