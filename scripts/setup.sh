@@ -11,7 +11,8 @@ mode="${1:-test}"
 # libopenblas0-openmp: Debian's libtorch calls the system BLAS, which is the slow reference
 # implementation unless an optimized one is installed (2.4x faster training measured here).
 packages=(cmake g++ make ccache libtorch-dev libcli11-dev nlohmann-json3-dev libfmt-dev
-          zlib1g-dev dataset-fashion-mnist libopenblas0-openmp)
+          zlib1g-dev dataset-fashion-mnist libopenblas0-openmp libonnx-dev libprotobuf-dev
+          protobuf-compiler)
 case "${mode}" in
   main) cmake_flags=(-DCALQ_BUILD_TESTS=OFF -DCALQ_BUILD_BENCH=OFF); targets=(--target calq_cli) ;;
   test) packages+=(libgtest-dev libbenchmark-dev); cmake_flags=(-DCALQ_BUILD_TESTS=ON -DCALQ_BUILD_BENCH=ON); targets=() ;;

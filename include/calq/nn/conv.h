@@ -46,6 +46,8 @@ class ConvBlockImpl : public QuantModuleImpl {
   void fuse();
   bool fused() const { return fused_; }
   bool has_bn() const { return !bn.is_empty(); }
+  /// The activation that closes the block.
+  Activation activation() const { return activation_; }
   /// In the folded form, use running statistics in training too and stop updating them
   /// (the usual last epochs of QAT). Default false.
   void freeze_bn(bool frozen = true) { bn_frozen_ = frozen; }
