@@ -102,10 +102,18 @@ class Exporter {
       values_[id].name = b_.unique(name);
       add_value_info(graph_->add_input(), values_[id].name, trace_.values[id].shape);
     }
-    for (const TracedCall& call : trace_.calls) export_call(call);
-    for (size_t i = 0; i < trace_.outputs.size(); ++i) {
-      const int64_t id = trace_.outputs[i];
-      const std::string name = io_name(options_.output_name(), i, trace_.outputs.size());
+    const std::vector<int64_t>& outputs =
+        options_.outputs().empty() ? trace_.outputs : options_.outputs();
+    int64_t last = -1;  // the last call the outputs need
+    for (int64_t id : outputs) {
+      TORCH_CHECK(id >= 0 && id < static_cast<int64_t>(trace_.values.size()),
+                  "export: output value ", id, " is not a traced value");
+      last = std::max(last, trace_.values[id].producer);
+    }
+    for (int64_t c = 0; c <= last; ++c) export_call(trace_.calls[c]);
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const int64_t id = outputs[i];
+      const std::string name = io_name(options_.output_name(), i, outputs.size());
       const std::string out = b_.node("Identity", {values_[id].name}, name);
       add_value_info(graph_->add_output(), out, trace_.values[id].shape);
     }
@@ -172,15 +180,14 @@ class Exporter {
       // quant range): clip the dequantized values to the grid's ends, exact multiples of s.
       const double s = q.scale.item<double>();
       const double z = q.zero_point.item<double>();
-      output = b_.node("Clip",
-                       {output,
-                        b_.initializer(base + "/min",
-                                       at::full({}, (q.spec.quant_min() - z) * s, at::kFloat),
-                                       onnx::TensorProto::FLOAT),
-                        b_.initializer(base + "/max",
-                                       at::full({}, (q.spec.quant_max() - z) * s, at::kFloat),
-                                       onnx::TensorProto::FLOAT)},
-                       base + "/clip");
+      output = b_.node(
+          "Clip",
+          {output,
+           b_.initializer(base + "/min", at::full({}, (q.spec.quant_min() - z) * s, at::kFloat),
+                          onnx::TensorProto::FLOAT),
+           b_.initializer(base + "/max", at::full({}, (q.spec.quant_max() - z) * s, at::kFloat),
+                          onnx::TensorProto::FLOAT)},
+          base + "/clip");
     }
     return Value{output, q};
   }
@@ -210,20 +217,21 @@ class Exporter {
   std::string apply_activation(const char* activation, const std::string& input,
                                const std::string& base) {
     if (std::string(activation) == "relu") return b_.node("Relu", {input}, base + "/relu");
-    return b_.node("Clip",
-                   {input, b_.initializer(base + "/relu6_min", at::zeros({}, at::kFloat),
-                                          onnx::TensorProto::FLOAT),
-                    b_.initializer(base + "/relu6_max", at::full({}, 6.0, at::kFloat),
-                                   onnx::TensorProto::FLOAT)},
-                   base + "/relu6");
+    return b_.node(
+        "Clip",
+        {input,
+         b_.initializer(base + "/relu6_min", at::zeros({}, at::kFloat), onnx::TensorProto::FLOAT),
+         b_.initializer(base + "/relu6_max", at::full({}, 6.0, at::kFloat),
+                        onnx::TensorProto::FLOAT)},
+        base + "/relu6");
   }
 
   // The weight (quantized: int8 initializer + DequantizeLinear along `axis`) and the bias
   // (int32 + DequantizeLinear when both the input and the weight are quantized).
   std::pair<std::string, std::string> weight_and_bias(const TracedCall& call,
                                                       const at::Tensor& weight,
-                                                      const at::Tensor& bias,
-                                                      const Value& input, int64_t axis) {
+                                                      const at::Tensor& bias, const Value& input,
+                                                      int64_t axis) {
     const FakeQuantize wfq = call.module->weight_fake_quant();
     if (wfq.is_empty()) {
       return {b_.initializer(call.path + "/weight", weight.detach(), onnx::TensorProto::FLOAT),
@@ -234,9 +242,9 @@ class Exporter {
                 call.path, ": per-channel weights must be quantized along the output channels ",
                 "(ch_axis 0) to be exported; got ", wq.spec.str());
     const auto names = qparams(call.path + "/weight", wq, /*activation=*/false);
-    const std::string w_int = b_.initializer(call.path + "/weight_quantized",
-                                             integer_weight(*wfq, weight.detach(), wq),
-                                             storage_type(wq.spec.dtype()));
+    const std::string w_int =
+        b_.initializer(call.path + "/weight_quantized", integer_weight(*wfq, weight.detach(), wq),
+                       storage_type(wq.spec.dtype()));
     const std::string w = b_.node("DequantizeLinear", {w_int, names.first, names.second},
                                   call.path + "/weight", axis_attribute(wq, axis));
     report_->dequantize_nodes += 1;
@@ -256,11 +264,11 @@ class Exporter {
         b_.initializer(call.path + "/bias_quantized", qb.values, onnx::TensorProto::INT32);
     const std::string b_scale =
         b_.initializer(call.path + "/bias/scale", qb.scale, onnx::TensorProto::FLOAT);
-    const std::string b_zero = b_.initializer(call.path + "/bias/zero_point",
-                                              at::zeros({bias.numel()}, at::kInt),
-                                              onnx::TensorProto::INT32);
-    const std::string b = b_.node("DequantizeLinear", {b_int, b_scale, b_zero},
-                                  call.path + "/bias", {Attribute::integer("axis", 0)});
+    const std::string b_zero =
+        b_.initializer(call.path + "/bias/zero_point", at::zeros({bias.numel()}, at::kInt),
+                       onnx::TensorProto::INT32);
+    const std::string b = b_.node("DequantizeLinear", {b_int, b_scale, b_zero}, call.path + "/bias",
+                                  {Attribute::integer("axis", 0)});
     report_->dequantize_nodes += 1;
     return {w, b};
   }
@@ -303,9 +311,9 @@ class Exporter {
                                     {Attribute::integer("transB", 1)});
       out = close(call, y, linear->relu() ? "relu" : nullptr);
     } else if (type == "Add" || type == "AddReLU" || type == "Mul") {
-      const std::string y = b_.node(type == "Mul" ? "Mul" : "Add",
-                                    {input(call, 0).name, input(call, 1).name},
-                                    call.path + "/" + (type == "Mul" ? "mul" : "add"));
+      const std::string y =
+          b_.node(type == "Mul" ? "Mul" : "Add", {input(call, 0).name, input(call, 1).name},
+                  call.path + "/" + (type == "Mul" ? "mul" : "add"));
       out = close(call, y, type == "AddReLU" ? "relu" : nullptr);
     } else if (auto* cat = dynamic_cast<nn::CatImpl*>(m)) {
       std::vector<std::string> names;
@@ -381,7 +389,7 @@ class Exporter {
          Attribute::integer("group", o.groups())});
     const char* activation = conv.activation() == nn::Activation::relu    ? "relu"
                              : conv.activation() == nn::Activation::relu6 ? "relu6"
-                                                                           : nullptr;
+                                                                          : nullptr;
     return close(call, y, activation);
   }
 
@@ -396,7 +404,8 @@ class Exporter {
     } else {
       TORCH_CHECK(in[2] % out_shape[2] == 0 && in[3] % out_shape[3] == 0, call.path,
                   ": AdaptiveAvgPool2d from ", in[2], "x", in[3], " to ", out_shape[2], "x",
-                  out_shape[3], " has no AveragePool equivalent (the input size must be a "
+                  out_shape[3],
+                  " has no AveragePool equivalent (the input size must be a "
                   "multiple of the output size)");
       const std::vector<int64_t> k = {in[2] / out_shape[2], in[3] / out_shape[3]};
       y = b_.node("AveragePool", {input(call, 0).name}, call.path + "/avgpool",

@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "calq/quant/qparams.h"
+
 namespace calq {
 namespace nn {
 
@@ -37,6 +39,19 @@ void QuantModuleImpl::prepare(const QConfig& resolved) {
   }
   resolved_qconfig_ = resolved;
   prepared_ = true;
+}
+
+at::Tensor QuantModuleImpl::deployed_bias(const at::Tensor& bias) const {
+  if (!bias.defined() || weight_fake_quant_.is_empty() || input_quantizer_.is_empty() ||
+      weight_fake_quant_->state() != FakeQuantState::VALIDATION ||
+      input_quantizer_->spec().per_channel()) {
+    return bias;
+  }
+  at::NoGradGuard no_grad;
+  const double input_scale = input_quantizer_->scale().item<double>();
+  return quantize_bias(bias, input_scale, weight_fake_quant_->scale())
+      .dequantized()
+      .to(bias.scalar_type());
 }
 
 at::Tensor QuantModuleImpl::quantize_weight(const at::Tensor& weight) {

@@ -23,6 +23,10 @@ struct ExportOptions {
   TORCH_ARG(std::string, output_name) = "output";
   /// Leave the first dimension of inputs and outputs symbolic ("batch"). Default true.
   TORCH_ARG(bool, dynamic_batch) = true;
+  /// Traced values to make the graph's outputs instead of the model's (e.g. one intermediate
+  /// tensor, to compare a runtime's integer result layer by layer without changing its
+  /// fusion). Empty (default): the model's outputs.
+  TORCH_ARG(std::vector<int64_t>, outputs) = {};
 };
 
 /// What the export wrote and what a user should know about it.
