@@ -156,7 +156,10 @@ std::vector<at::Tensor> GraphImpl::forward(const std::vector<at::Tensor>& inputs
     try {
       results = node.function(*node.module, args);
     } catch (const c10::Error& e) {
+      std::string source;
+      for (const auto& s : node.source_nodes) source += (source.empty() ? "" : ", ") + s;
       TORCH_CHECK(false, "node '", node.name, "' (", node.op_type,
+                  source.empty() ? "" : ", from ONNX node " + source,
                   "): ", e.what_without_backtrace());
     }
     TORCH_CHECK(results.size() >= node_outputs_[i].size(), "node '", node.name, "' (", node.op_type,

@@ -267,8 +267,65 @@ def opset_variants():
           helper.make_node("Softmax", ["h"], ["y0"], axis=1)], [], 19, x, [None])
 
 
+def data_files():
+    """Arrays and images for the data reader tests, written by numpy / torchvision, with the
+    values the readers must return (references)."""
+    d = os.path.join(OUT, "data")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.join(d, "images", "cat"))
+    os.makedirs(os.path.join(d, "images", "dog"))
+    os.makedirs(os.path.join(d, "flat"))
+    x = np.random.randn(10, 1, 8, 8).astype(np.float32)
+    y = np.arange(10, dtype=np.int64) % 3
+    np.save(os.path.join(d, "x.npy"), x)
+    np.save(os.path.join(d, "x_f64.npy"), x.astype(np.float64))
+    np.save(os.path.join(d, "x_f16.npy"), x.astype(np.float16))
+    np.save(os.path.join(d, "x_big.npy"), x.astype(">f4"))
+    np.save(os.path.join(d, "x_fortran.npy"), np.asfortranarray(x[:, 0, :, :]))
+    np.save(os.path.join(d, "u16.npy"), np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000)
+    np.save(os.path.join(d, "strings.npy"), np.array(["a", "bc"]))
+    np.savez(os.path.join(d, "stored.npz"), x=x, y=y)
+    np.savez_compressed(os.path.join(d, "deflated.npz"), x=x, y=y.astype(np.int32))
+    np.savez(os.path.join(d, "nolabels.npz"), x=x)
+    np.savez(os.path.join(d, "badlabels.npz"), x=x, y=y[:5])
+    np.savez(os.path.join(d, "floatlabels.npz"), x=x, y=y.astype(np.float32))
+    np.savez(os.path.join(d, "nox.npz"), inputs=x)
+    with open(os.path.join(d, "stored.npz"), "rb") as f:
+        whole = f.read()
+    with open(os.path.join(d, "truncated.npz"), "wb") as f:
+        f.write(whole[: len(whole) // 2])
+    with open(os.path.join(d, "x.npy"), "rb") as f:
+        whole = f.read()
+    with open(os.path.join(d, "truncated.npy"), "wb") as f:
+        f.write(whole[: len(whole) - 7])
+    # Images: PNG (lossless: exact reference) and JPEG (decoders may differ by a few levels).
+    from torchvision.io import encode_jpeg, read_image, write_png
+    g = torch.Generator().manual_seed(5)
+    refs = []
+    for i, (cls, kind) in enumerate([("cat", "png"), ("cat", "jpg"), ("dog", "png")]):
+        img = (torch.rand(3, 12 + i, 10, generator=g) * 255).to(torch.uint8)
+        path = os.path.join(d, "images", cls, "img%d.%s" % (i, kind))
+        if kind == "png":
+            write_png(img, path)
+        else:
+            with open(path, "wb") as f:
+                f.write(bytes(encode_jpeg(img, quality=95).numpy()))
+        decoded = read_image(path).float().div(255).unsqueeze(0)
+        resized = torch.nn.functional.interpolate(decoded, size=(8, 6), mode="bilinear",
+                                                  align_corners=False)[0]
+        mean = torch.tensor([0.5, 0.4, 0.3]).reshape(3, 1, 1)
+        std = torch.tensor([0.2, 0.25, 0.3]).reshape(3, 1, 1)
+        refs.append(((resized - mean) / std).numpy())
+    np.save(os.path.join(d, "images_ref.npy"), np.stack(refs))
+    write_png((torch.rand(3, 4, 4, generator=g) * 255).to(torch.uint8),
+              os.path.join(d, "flat", "a.png"))
+    with open(os.path.join(d, "flat", "broken.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\nnot really")
+
+
 def main():
     quick = "--quick" in sys.argv
+    data_files()
     error_models()
     workflow_models()
     opset_variants()
