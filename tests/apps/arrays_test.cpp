@@ -26,9 +26,9 @@ void expect_error(const std::function<void()>& f, const std::vector<std::string>
 }
 
 TEST(Npy, HandMadeFileGivesItsValues) {
-  // Version 1.0 header padded to 64 bytes, int16 little-endian [2, 3].
+  // Version 1.0 header padded to 128 bytes, int16 little-endian [2, 3].
   std::string header = "{'descr': '<i2', 'fortran_order': False, 'shape': (2, 3), }";
-  header += std::string(64 - 10 - header.size() - 1, ' ') + "\n";
+  header += std::string(128 - 10 - header.size() - 1, ' ') + "\n";
   std::string bytes = std::string("\x93NUMPY\x01\x00", 8);
   bytes += static_cast<char>(header.size());
   bytes += '\0';
@@ -38,7 +38,7 @@ TEST(Npy, HandMadeFileGivesItsValues) {
   std::ofstream(path, std::ios::binary) << bytes;
   auto a = calq::data::NpyArray::open(path);
   EXPECT_EQ(a.header().descr(), "<i2");
-  EXPECT_EQ(a.header().data_offset, 64);
+  EXPECT_EQ(a.header().data_offset, 128);
   EXPECT_TRUE(torch::equal(a.read_all(at::kLong),
                            torch::tensor({1, -2, 3, 300, -500, 6}, at::kLong).reshape({2, 3})));
   EXPECT_TRUE(torch::equal(a.rows(1, 1), torch::tensor({300.f, -500.f, 6.f}).reshape({1, 3})));

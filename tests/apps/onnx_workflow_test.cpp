@@ -117,9 +117,9 @@ TEST_P(EveryMethod, QatStepsReachWeightsAndScales) {
       prepared(kBnModel, calq::get_default_qconfig(std::string("fake_quant"),
                                                    std::string("fake_quant"), "percentile"));
   calq::calibrate(calib.graph, batches(3, 2));
-  nlohmann::json act_kwargs = nlohmann::json::object();
-  auto qat = prepared(kBnModel,
-                      calq::get_default_qconfig(method, method, "min_max", "min_max", act_kwargs));
+  // PACT clips activations (per tensor); its weights use fake_quant, per channel.
+  const std::string weight_method = method == "pact" ? "fake_quant" : method;
+  auto qat = prepared(kBnModel, calq::get_default_qconfig(method, weight_method));
   calq::copy_float_state(*calib.graph, *qat.graph);
   calq::load_observer_params(*calib.graph, *qat.graph);
   calq::set_fake_quantize(*qat.graph, calq::FakeQuantState::QAT);

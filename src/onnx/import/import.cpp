@@ -13,6 +13,7 @@
 #include <c10/util/Exception.h>
 #include <torch/nn/modules/batchnorm.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -82,6 +83,9 @@ struct Group {
   std::vector<std::string> inputs, outputs;
   Role role = Role::float_op;
   std::vector<size_t> data_inputs;  // input positions that carry activations to quantize
+  // A layer norm written out (opsets < 17): scale and shift constants, epsilon.
+  std::string ln_scale, ln_shift;
+  double ln_eps = 1e-5;
   // Filled when building:
   std::shared_ptr<torch::nn::Module> module;
   NodeFunction function;
@@ -329,7 +333,99 @@ class Importer {
       return false;
     }
     if (op == "Div" && near(scalar(node.inputs[1]), std::sqrt(2.0))) return try_gelu(node, g);
+    if (op == "ReduceMean") return try_layer_norm(node, g);
     return false;
+  }
+
+  // Reduction axes of a ReduceMean (attribute or constant input); nullopt when not constant.
+  c10::optional<std::vector<int64_t>> reduce_axes(const Node& node) const {
+    if (node.has_input(1)) {
+      if (!is_constant(node.inputs[1])) return c10::nullopt;
+      return detail::int_list(constants_.at(node.inputs[1]), "ReduceMean axes");
+    }
+    return node.attr_ints("axes", {});
+  }
+
+  // The layer norm of opsets < 17, as torch.onnx writes it over the last k dims:
+  //   mean = ReduceMean(x); d = x - mean; var = ReduceMean(d ^ 2);
+  //   y = d / Sqrt(var + eps) * scale + shift
+  bool try_layer_norm(const Node& mean, Group& g) {
+    const std::string& x = mean.inputs[0];
+    const auto axes = reduce_axes(mean);
+    if (!axes || axes->empty() || mean.attr_int("keepdims", 1) == 0) return false;
+    // Trailing axes written as negatives: -k, ..., -1.
+    std::vector<int64_t> sorted = *axes;
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size(); ++i) {
+      if (sorted[i] != static_cast<int64_t>(i) - static_cast<int64_t>(sorted.size())) return false;
+    }
+    size_t sub_i = 0, pow_i = 0, var_i = 0, add_i = 0, sqrt_i = 0, div_i = 0, mul_i = 0,
+           shift_i = 0;
+    const Node* sub = sole_consumer(mean.outputs[0], &sub_i);
+    if (sub == nullptr || sub->op_type != "Sub" || sub->inputs[0] != x ||
+        sub->inputs[1] != mean.outputs[0]) {
+      return false;
+    }
+    const std::string& d = sub->outputs[0];
+    auto readers = consumers_.find(d);
+    if (readers == consumers_.end() || readers->second.size() != 2 || graph_outputs_.count(d)) {
+      return false;
+    }
+    const Node* pow = nullptr;
+    const Node* div = nullptr;
+    for (size_t r : readers->second) {
+      const Node& n = m_.nodes[r];
+      if (n.op_type == "Pow" && n.inputs[0] == d && near(scalar(n.inputs[1]), 2.0, 0)) {
+        pow = &n;
+        pow_i = r;
+      } else if (n.op_type == "Div" && n.inputs[0] == d) {
+        div = &n;
+        div_i = r;
+      }
+    }
+    if (pow == nullptr || div == nullptr || taken_.count(pow_i) || taken_.count(div_i))
+      return false;
+    const Node* var = sole_consumer(pow->outputs[0], &var_i);
+    if (var == nullptr || var->op_type != "ReduceMean" || reduce_axes(*var) != axes ||
+        var->attr_int("keepdims", 1) == 0) {
+      return false;
+    }
+    const Node* add = sole_consumer(var->outputs[0], &add_i);
+    if (add == nullptr || add->op_type != "Add") return false;
+    const auto eps = scalar(other_operand(*add, var->outputs[0]));
+    if (!eps || *eps < 0) return false;
+    const Node* sqrt = sole_consumer(add->outputs[0], &sqrt_i);
+    if (sqrt == nullptr || sqrt->op_type != "Sqrt") return false;
+    if (sole_consumer(sqrt->outputs[0]) != div || div->inputs[1] != sqrt->outputs[0]) return false;
+    const Node* mul = sole_consumer(div->outputs[0], &mul_i);
+    if (mul == nullptr || mul->op_type != "Mul") return false;
+    const std::string scale = other_operand(*mul, div->outputs[0]);
+    if (!is_constant(scale) || constants_.at(scale).dim() != static_cast<int64_t>(axes->size())) {
+      return false;
+    }
+    const Node* shift = sole_consumer(mul->outputs[0], &shift_i);
+    std::string shift_value;
+    if (shift != nullptr && shift->op_type == "Add") {
+      shift_value = other_operand(*shift, mul->outputs[0]);
+      if (!is_constant(shift_value) ||
+          constants_.at(shift_value).sizes() != constants_.at(scale).sizes()) {
+        shift = nullptr;
+        shift_value.clear();
+      }
+    } else {
+      shift = nullptr;
+    }
+    for (size_t i : {sub_i, pow_i, var_i, add_i, sqrt_i, div_i, mul_i}) take(g, i);
+    if (shift != nullptr) take(g, shift_i);
+    g.op_type = "ReduceMean+Sub+Pow+ReduceMean+Add+Sqrt+Div+Mul" + std::string(shift ? "+Add" : "");
+    g.inputs = {x};
+    g.outputs = m_.nodes[g.nodes.back()].outputs;
+    g.role = Role::float_op;
+    g.data_inputs = {0};
+    g.ln_scale = scale;
+    g.ln_shift = shift_value;
+    g.ln_eps = *eps;
+    return true;
   }
 
   // x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5 (torch's export of exact GELU, opsets < 20).
@@ -665,6 +761,22 @@ class Importer {
             return std::vector<at::Tensor>{at::gelu(in[0])};
           },
           qp);
+      return;
+    }
+    if (!g.ln_scale.empty()) {
+      const at::Tensor& scale = constants_.at(g.ln_scale);
+      auto options =
+          nn::LayerNormOptions(scale.sizes().vec()).eps(g.ln_eps).bias(!g.ln_shift.empty());
+      auto module = std::make_shared<nn::LayerNormImpl>(options);
+      {
+        torch::NoGradGuard no_grad;
+        module->weight.copy_(scale);
+        if (!g.ln_shift.empty()) module->bias.copy_(constants_.at(g.ln_shift));
+      }
+      g.module = module;
+      g.function = [](torch::nn::Module& m, const std::vector<at::Tensor>& in) {
+        return std::vector<at::Tensor>{static_cast<nn::LayerNormImpl&>(m).forward(in[0])};
+      };
       return;
     }
     if (first.op_type == "LayerNormalization" && layer_norm_liftable(first)) {
