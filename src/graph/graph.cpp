@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <new>
 #include <set>
 
 namespace calq {
@@ -161,6 +162,8 @@ std::vector<at::Tensor> GraphImpl::forward(const std::vector<at::Tensor>& inputs
       TORCH_CHECK(false, "node '", node.name, "' (", node.op_type,
                   source.empty() ? "" : ", from ONNX node " + source,
                   "): ", e.what_without_backtrace());
+    } catch (const std::bad_alloc&) {
+      TORCH_CHECK(false, "node '", node.name, "' (", node.op_type, "): out of memory");
     }
     TORCH_CHECK(results.size() >= node_outputs_[i].size(), "node '", node.name, "' (", node.op_type,
                 ") returned ", results.size(), " outputs, expected ", node_outputs_[i].size());

@@ -231,4 +231,41 @@ TEST(OpsetVariants, WorkflowNet) {
   check_family("workflow");
 }
 
+// Layers lifted into calq modules in geometries torch rarely exports.
+TEST(LiftedLayers, ConvWithAutoPadAsymmetricPadsGroupsDilation) {
+  check_family("lift_conv", [](const std::string&, calq::onnx::ImportedModel& m) {
+    auto types = module_types(m);
+    EXPECT_EQ(types["Conv2d"], 3);
+    EXPECT_EQ(types["ConvReLU2d"], 1);
+    EXPECT_EQ(types.count("Conv"), 0u) << "no convolution left in float";
+  });
+}
+TEST(LiftedLayers, GemmAlphaBetaTransB) {
+  check_family("lift_gemm", [](const std::string&, calq::onnx::ImportedModel& m) {
+    auto types = module_types(m);
+    EXPECT_EQ(types["Linear"], 1);
+    EXPECT_EQ(types["LinearReLU"], 1);
+  });
+}
+TEST(LiftedLayers, MatMulWithBiasOnThreeDimensions) {
+  check_family("lift_matmul", [](const std::string&, calq::onnx::ImportedModel& m) {
+    auto types = module_types(m);
+    EXPECT_EQ(types["Linear"], 1);
+    EXPECT_EQ(types.count("Add"), 0u) << "the bias joined the Linear";
+  });
+}
+TEST(LiftedLayers, ConvTransposeOutputShapeAndAsymmetricPads) {
+  check_family("lift_convtranspose", [](const std::string&, calq::onnx::ImportedModel& m) {
+    EXPECT_EQ(module_types(m)["ConvTranspose2d"], 2);
+  });
+}
+TEST(LiftedLayers, Pools) {
+  check_family("lift_pool", [](const std::string&, calq::onnx::ImportedModel& m) {
+    auto types = module_types(m);
+    EXPECT_EQ(types["AvgPool2d"], 1);
+    EXPECT_EQ(types["AvgPool"], 1) << "SAME_UPPER pads: ONNX's exact average";
+    EXPECT_EQ(types["MaxPool"], 1) << "asymmetric pads";
+  });
+}
+
 }  // namespace

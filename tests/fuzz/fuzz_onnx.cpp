@@ -1,5 +1,6 @@
 // libFuzzer target: the ONNX reader (parse_model_bytes: protobuf parsing, calq's validation,
-// libonnx's checker) on arbitrary bytes. Every input must either parse or raise c10::Error;
+// libonnx's checker) on arbitrary bytes; built with CALQ_FUZZ_IMPORT (fuzz_import), also the
+// LibTorch import stage on every model the reader accepts. Every input must either parse or raise c10::Error;
 // AddressSanitizer and UBSan report anything else.
 //
 // Structure-aware mutation: LLVMFuzzerCustomMutator parses the input as a ModelProto and
@@ -15,6 +16,9 @@
 #include <string>
 
 #include "calq/onnx/model.h"
+#ifdef CALQ_FUZZ_IMPORT
+#include "calq/onnx/import.h"
+#endif
 
 namespace {
 
@@ -238,6 +242,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
       }
     }
+#ifdef CALQ_FUZZ_IMPORT
+    // The whole import (LibTorch stage: constant folding, fusion, module building, the
+    // shape-check forward) on what the reader accepted.
+    calq::onnx::import_model(model);
+#endif
   } catch (const c10::Error&) {
   }
   try {

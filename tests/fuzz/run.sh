@@ -30,6 +30,18 @@ build() {  # target sources... -- libs...
 build fuzz_onnx "$root/tests/fuzz/fuzz_onnx.cpp" "$root"/src/onnx/model/*.cpp \
   -lonnx -lonnx_proto -lprotobuf -lc10 -lz -lpthread
 build fuzz_npy "$root/tests/fuzz/fuzz_npy.cpp" "$root"/src/data/formats/*.cpp -lc10 -lz
+targets=(fuzz_onnx fuzz_npy)
+# fuzz_import: the reader instrumented as above, plus the LibTorch import stage from calq's
+# Release library (g++, not instrumented: crashes and ASan's allocator checks still fire,
+# coverage guidance comes from the reader). Needs build/libcalq.a (cmake --build build
+# --target calq) and FUZZ_IMPORT=1.
+lib=${CALQ_LIB:-$root/build/libcalq.a}
+if [ "${FUZZ_IMPORT:-0}" = 1 ] && [ -f "$lib" ]; then
+  torch_libs=(-L/usr/lib/x86_64-linux-gnu -ltorch -ltorch_cpu -lc10 -lgomp)
+  build fuzz_import -DCALQ_FUZZ_IMPORT "$root/tests/fuzz/fuzz_onnx.cpp" "$root"/src/onnx/model/*.cpp \
+    "$lib" -lonnx -lonnx_proto -lprotobuf "${torch_libs[@]}" -lz -lpthread
+  targets+=(fuzz_import)
+fi
 
 # Seeds.
 if [ -z "$(ls -A "$out/seeds_onnx")" ]; then
@@ -59,9 +71,11 @@ fi
 export ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_may_return_null=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 status=0
-for target in fuzz_onnx fuzz_npy; do
-  corpus=$out/corpus_${target#fuzz_}
-  seeds=$out/seeds_${target#fuzz_}
+for target in "${targets[@]}"; do
+  kind=${target#fuzz_}
+  [ "$kind" = import ] && kind=onnx
+  corpus=$out/corpus_$kind
+  seeds=$out/seeds_$kind
   log=$out/$target.log
   echo "fuzz: running $target for ${seconds}s (log $log)"
   common=(-max_total_time="$seconds" -max_len=200000 -timeout=20 -rss_limit_mb=3072

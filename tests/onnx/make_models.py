@@ -258,6 +258,54 @@ def opset_variants():
         case("gelu_op%d" % opset, [helper.make_node("Gelu", ["x"], ["y0"]),
                                    helper.make_node("Gelu", ["x"], ["y1"], approximate="tanh")],
              [], opset, x, [None, None])
+    # Layers calq lifts into its modules, in geometries torch exports rarely: constant
+    # weights with auto_pad, asymmetric pads, groups and dilation; Gemm with transB 0 and
+    # alpha/beta; MatMul [K, N] + bias on 3-d input; ConvTranspose with output_shape;
+    # AveragePool with pads excluded from the count.
+    rnd = lambda *shape: np.random.randn(*shape).astype(np.float32)
+    f32 = lambda a, n: named(numpy_helper.from_array(a), n)
+    xi = np.random.randn(2, 4, 9, 7).astype(np.float32)
+
+    def lift(name, nodes, inits, inputs, n_out, opset=13):
+        g = helper.make_graph(nodes, name, [vi("x", list(inputs.shape))],
+                              [vi("y%d" % i, None) for i in range(n_out)], inits)
+        save_model(name + ".onnx", g, opset)
+        manifest.append({"name": name, "model": name + ".onnx", "opset": opset, "kept_bn": False,
+                         "inputs": [save_npy(name + ".input.npy", inputs)], "torch": [],
+                         "ort": ["%s.ort%d.npy" % (name, i) for i in range(n_out)]})
+
+    lift("lift_conv_op13",
+         [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], auto_pad="SAME_UPPER", strides=[2, 2]),
+          helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[0, 1, 2, 1], group=2),
+          helper.make_node("Relu", ["c2"], ["r"]),
+          helper.make_node("Conv", ["r", "w3", "b3"], ["y0"], pads=[2, 2, 2, 2], dilations=[2, 2]),
+          helper.make_node("Conv", ["x", "w4"], ["y1"], auto_pad="SAME_LOWER", kernel_shape=[2, 3])],
+         [f32(rnd(6, 4, 3, 3), "w1"), f32(rnd(6), "b1"), f32(rnd(8, 3, 3, 2), "w2"),
+          f32(rnd(5, 8, 3, 3), "w3"), f32(rnd(5), "b3"), f32(rnd(3, 4, 2, 3), "w4")], xi, 2)
+    x2 = np.random.randn(3, 6).astype(np.float32)
+    lift("lift_gemm_op13",
+         [helper.make_node("Gemm", ["x", "B", "C"], ["y0"], alpha=0.5, beta=2.0),
+          helper.make_node("Gemm", ["x", "Bt"], ["g"], transB=1),
+          helper.make_node("Relu", ["g"], ["y1"])],
+         [f32(rnd(6, 4), "B"), f32(rnd(4), "C"), f32(rnd(5, 6), "Bt")], x2, 2)
+    x3 = np.random.randn(2, 3, 4).astype(np.float32)
+    lift("lift_matmul_op13",
+         [helper.make_node("MatMul", ["x", "W"], ["m"]),
+          helper.make_node("Add", ["bias", "m"], ["y0"])],
+         [f32(rnd(4, 5), "W"), f32(rnd(5), "bias")], x3, 1)
+    lift("lift_convtranspose_op13",
+         [helper.make_node("ConvTranspose", ["x", "wt", "bt"], ["y0"], strides=[2, 2],
+                           output_shape=[18, 15], group=2),
+          helper.make_node("ConvTranspose", ["x", "wt"], ["y1"], strides=[2, 2],
+                           pads=[0, 1, 1, 0], output_padding=[1, 0])],
+         [f32(rnd(4, 3, 3, 3), "wt"), f32(rnd(6), "bt")], xi, 2)
+    lift("lift_pool_op13",
+         [helper.make_node("AveragePool", ["x"], ["y0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                           count_include_pad=0),
+          helper.make_node("AveragePool", ["x"], ["y1"], kernel_shape=[2, 2], strides=[2, 2],
+                           auto_pad="SAME_UPPER"),
+          helper.make_node("MaxPool", ["x"], ["y2"], kernel_shape=[3, 3], pads=[0, 1, 2, 1])],
+         [], xi, 3)
     scale = named(numpy_helper.from_array(np.random.rand(5).astype(np.float32) + 0.5), "s")
     bias = named(numpy_helper.from_array(np.random.rand(5).astype(np.float32)), "b")
     case("layernorm_op21", [helper.make_node("LayerNormalization", ["x", "s", "b"], ["y0"], axis=-1,

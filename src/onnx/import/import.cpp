@@ -129,6 +129,9 @@ class Importer {
       } catch (const c10::Error& e) {
         TORCH_CHECK(false, node.describe(),
                     ": evaluating it on constant inputs failed: ", e.what_without_backtrace());
+      } catch (const std::exception& e) {  // std::bad_alloc, std::length_error
+        TORCH_CHECK(false, node.describe(), ": evaluating it on constant inputs failed: ",
+                    e.what());
       }
       TORCH_CHECK(outputs.size() >= node.outputs.size(), node.describe(), " gave ", outputs.size(),
                   " outputs, expected ", node.outputs.size());

@@ -161,6 +161,10 @@ Kernel resize(const Node& node) {
         length[axes[i]] = x.size(axes[i]) * v;
       }
     }
+    double total = 1;
+    for (int64_t d = 0; d < rank; ++d) total *= static_cast<double>(out[d]);
+    TORCH_CHECK(total <= double(int64_t(1) << 28), "Resize: the output would have ", total,
+                " elements (more than 2^28)");
     at::Tensor y = x;
     for (int64_t d : axes) {
       if (out[d] == x.size(d) && scale[d] == 1.0) continue;  // identity in every mode

@@ -12,16 +12,16 @@ namespace onnx {
 namespace detail {
 namespace {
 
-// Elements a shape computed at run time may have (a hostile file must not make calq allocate
-// without bound).
-constexpr int64_t kMaxRuntimeElements = int64_t(1) << 32;
+// Elements a shape computed at run time may have (2^28: a hostile file must not make calq
+// allocate without bound; real models stay far below).
+constexpr int64_t kMaxRuntimeElements = int64_t(1) << 28;
 
 void check_size(at::IntArrayRef shape, const char* op) {
   int64_t n = 1;
   for (int64_t d : shape) {
     TORCH_CHECK(d >= 0, op, ": negative dimension ", d, " in shape ", shape);
     TORCH_CHECK(d == 0 || n <= kMaxRuntimeElements / d, op, ": shape ", shape,
-                " has more than 2^32 elements");
+                " has more than 2^28 elements");
     n *= d;
   }
 }
@@ -452,7 +452,7 @@ Kernel range(const Node&) {
                 "Range: delta must be non-zero and the values finite");
     const double count = std::max(std::ceil((limit - start) / delta), 0.0);
     TORCH_CHECK(count <= static_cast<double>(kMaxRuntimeElements), "Range: ", count,
-                " elements exceed 2^32");
+                " elements exceed 2^28");
     // start + i * delta in the input type, as ONNX defines it.
     at::Tensor i = at::arange(static_cast<int64_t>(count), at::kDouble);
     if (at::isFloatingType(type)) {
