@@ -267,8 +267,9 @@ def opset_variants():
     xi = np.random.randn(2, 4, 9, 7).astype(np.float32)
 
     def lift(name, nodes, inits, inputs, n_out, opset=13):
+        # Outputs of the input's rank, dims unknown (libonnx's checker wants a shape).
         g = helper.make_graph(nodes, name, [vi("x", list(inputs.shape))],
-                              [vi("y%d" % i, None) for i in range(n_out)], inits)
+                              [vi("y%d" % i, [None] * inputs.ndim) for i in range(n_out)], inits)
         save_model(name + ".onnx", g, opset)
         manifest.append({"name": name, "model": name + ".onnx", "opset": opset, "kept_bn": False,
                          "inputs": [save_npy(name + ".input.npy", inputs)], "torch": [],
