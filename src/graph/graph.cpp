@@ -164,6 +164,10 @@ std::vector<at::Tensor> GraphImpl::forward(const std::vector<at::Tensor>& inputs
                   "): ", e.what_without_backtrace());
     } catch (const std::bad_alloc&) {
       TORCH_CHECK(false, "node '", node.name, "' (", node.op_type, "): out of memory");
+    } catch (const std::exception& e) {
+      // Some ATen checks throw std::runtime_error (e.g. reshape's size inference): callers
+      // get a c10::Error naming the node all the same.
+      TORCH_CHECK(false, "node '", node.name, "' (", node.op_type, "): ", e.what());
     }
     TORCH_CHECK(results.size() >= node_outputs_[i].size(), "node '", node.name, "' (", node.op_type,
                 ") returned ", results.size(), " outputs, expected ", node_outputs_[i].size());

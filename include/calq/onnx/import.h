@@ -32,7 +32,8 @@ struct ImportOptions {
   TORCH_ARG(bool, trainable_constants) = true;
   /// After building, run one float forward on zeros of the declared input shapes (symbolic
   /// or unknown dims as 1) so that shapes that do not fit are reported at import, naming the
-  /// node. Skipped when an input's rank is unknown. Default true.
+  /// node. Skipped when an input's rank is unknown or it has more than 2^22 elements.
+  /// Default true.
   TORCH_ARG(bool, check_shapes) = true;
   /// Run libonnx's checker (opsets <= 17) after calq's own validation. Default true.
   TORCH_ARG(bool, run_checker) = true;

@@ -130,8 +130,8 @@ class Importer {
         TORCH_CHECK(false, node.describe(),
                     ": evaluating it on constant inputs failed: ", e.what_without_backtrace());
       } catch (const std::exception& e) {  // std::bad_alloc, std::length_error
-        TORCH_CHECK(false, node.describe(), ": evaluating it on constant inputs failed: ",
-                    e.what());
+        TORCH_CHECK(false, node.describe(),
+                    ": evaluating it on constant inputs failed: ", e.what());
       }
       TORCH_CHECK(outputs.size() >= node.outputs.size(), node.describe(), " gave ", outputs.size(),
                   " outputs, expected ", node.outputs.size());
@@ -1105,7 +1105,7 @@ class Importer {
       for (int64_t d : in.shape) {
         shape.push_back(d < 0 ? 1 : d);
         numel *= std::max<int64_t>(shape.back(), 1);
-        if (numel > (int64_t(1) << 26)) return;  // too large for a quick check
+        if (numel > (int64_t(1) << 22)) return;  // too large for a quick check
       }
       const at::ScalarType type = detail::to_scalar_type(static_cast<int64_t>(in.type), in.name);
       inputs.push_back(at::zeros(shape, at::TensorOptions().dtype(type)));
@@ -1198,7 +1198,14 @@ at::Tensor to_tensor(const TensorData& data) {
 }
 
 ImportedModel import_model(const Model& model, const ImportOptions& options) {
-  return Importer(model, options).run();
+  try {
+    return Importer(model, options).run();
+  } catch (const c10::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // ATen throws std::runtime_error from a few checks; callers get a c10::Error.
+    TORCH_CHECK(false, "importing the model failed: ", e.what());
+  }
 }
 
 ImportedModel import_bytes(const void* data, size_t size, const ImportOptions& options) {
