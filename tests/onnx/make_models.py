@@ -150,6 +150,13 @@ def workflow_models():
     x = torch.randn(4, 1, 8, 8)
     export_torch("workflow_op13", model, x, 13)
     export_torch("workflow_op17_bn", model, x, 17, training=True)
+    # TrainingMode.TRAINING: batch norm with training_mode=1 and its running-statistics
+    # outputs (not a parity case: the file computes batch statistics).
+    torch.onnx.export(model, (x,), os.path.join(OUT, "workflow_op17_training.onnx"),
+                      opset_version=17, input_names=["input"], output_names=["output0"],
+                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
+                      dynamic_axes={"input": {0: "batch"}, "output0": {0: "batch"}})
+    model.eval()
 
 
 def save_model(name, graph, opset, ir=8):

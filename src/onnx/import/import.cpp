@@ -234,6 +234,11 @@ class Importer {
         classify(node, g);
       }
       if (g.outputs.empty()) g.outputs = m_.nodes[g.nodes.back()].outputs;
+      // calq modules give one output: a fused BatchNormalization's unused running-statistics
+      // outputs (training-mode exports) are dropped.
+      if ((g.role == Role::weighted || g.role == Role::quantized) && g.outputs.size() > 1) {
+        g.outputs.resize(1);
+      }
       groups_.push_back(std::move(g));
     }
   }
