@@ -4,6 +4,8 @@
 # in fork mode through crashes and reports how many there were).
 #
 #   tests/fuzz/run.sh SECONDS [OUT_DIR]        (OUT_DIR default: build/fuzz)
+#   FUZZ_IMPORT=1 also builds fuzz_import (needs build/libcalq.a); FUZZ_ONLY="a b" runs
+#   those targets only; FUZZ_KEEP_GOING=1 continues through crashes (fork mode).
 #
 # Targets (the untrusted-input parsers, built without LibTorch: c10 only for its errors):
 #   fuzz_onnx  ONNX reader: protobuf -> calq::onnx::Model with calq's validation and
@@ -67,6 +69,11 @@ np.save(d + "/b1.npy", np.array([True, False]))
 np.savez(d + "/stored.npz", x=np.ones((2, 3), np.float32), y=np.arange(2))
 np.savez_compressed(d + "/deflated.npz", x=np.ones((4, 2), np.float32), y=np.arange(4, dtype=np.int32))
 PY
+fi
+
+# FUZZ_ONLY="fuzz_import" runs a subset.
+if [ -n "${FUZZ_ONLY:-}" ]; then
+  read -r -a targets <<< "$FUZZ_ONLY"
 fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_may_return_null=1:detect_leaks=1}
