@@ -924,8 +924,9 @@ class Importer {
     const Node& conv = m_.nodes[g.nodes[0]];
     const at::Tensor& w = constants_.at(conv.inputs[1]);
     const int64_t group = conv.attr_int("group", 1);
-    TORCH_CHECK(group >= 1 && w.size(0) % group == 0, conv.describe(), ": group ", group,
-                " does not divide the ", w.size(0), " output channels");
+    TORCH_CHECK(w.numel() > 0, conv.describe(), ": the weight ", w.sizes(), " is empty");
+    TORCH_CHECK(group >= 1 && group <= w.size(0) && w.size(0) % group == 0, conv.describe(),
+                ": group ", group, " does not divide the ", w.size(0), " output channels");
     const detail::Window win = detail::Window::read(conv, 2, {w.size(2), w.size(3)});
     TORCH_CHECK(win.kernel[0] == w.size(2) && win.kernel[1] == w.size(3), conv.describe(),
                 ": kernel_shape ", at::IntArrayRef(win.kernel), " differs from the weight's ",
@@ -1008,6 +1009,9 @@ class Importer {
     const Node& node = m_.nodes[g.nodes[0]];
     const at::Tensor& w = constants_.at(node.inputs[1]);
     const int64_t group = node.attr_int("group", 1);
+    TORCH_CHECK(w.numel() > 0, node.describe(), ": the weight ", w.sizes(), " is empty");
+    TORCH_CHECK(group >= 1 && group <= w.size(0) && w.size(0) % group == 0, node.describe(),
+                ": group ", group, " does not divide the ", w.size(0), " input channels");
     const detail::TransposedWindow t =
         detail::TransposedWindow::read(node, 2, {w.size(2), w.size(3)});
     TORCH_CHECK(t.window.kernel[0] == w.size(2) && t.window.kernel[1] == w.size(3), node.describe(),
