@@ -1,6 +1,6 @@
 #pragma once
-// Quantizable 2-d convolutions: Conv2d, ConvReLU2d and the fused Conv-BN blocks ConvBn2d,
-// ConvBnReLU2d, ConvBnReLU6_2d.
+// Quantizable 2-d convolutions: Conv2d, ConvReLU2d, ConvReLU6_2d and the fused Conv-BN blocks
+// ConvBn2d, ConvBnReLU2d, ConvBnReLU6_2d.
 
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
@@ -85,6 +85,9 @@ class ConvBlockImpl : public QuantModuleImpl {
 CALQ_CONV_BLOCK(Conv2d, false, Activation::none);
 /// Conv2d -> ReLU as one quantization point.
 CALQ_CONV_BLOCK(ConvReLU2d, false, Activation::relu);
+/// Conv2d -> ReLU6 as one quantization point (MobileNet blocks with batch norm folded into
+/// the convolution, as eval-mode ONNX exports give them).
+CALQ_CONV_BLOCK(ConvReLU6_2d, false, Activation::relu6);
 /// Conv2d -> BatchNorm2d (bias usually false).
 CALQ_CONV_BLOCK(ConvBn2d, true, Activation::none);
 /// Conv2d -> BatchNorm2d -> ReLU.
