@@ -108,12 +108,12 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   float_net.module->eval();
   auto result =
       pipeline::train(*model.module, model.forward, ws.train, qat_train_options(config, name),
-                      ws.labelled ? nullptr : &float_net.forward);
+                      config.distills(ws.labelled) ? &float_net.forward : nullptr);
   const double top1 = score(ws, model, float_net, ws.validation, true).top1;
   const std::string path = config.out + "/qat/" + name + ".pt";
   save_model(model, meta, path);
   std::filesystem::remove(qat_resume_checkpoint(config, name));
-  std::cout << "qat " << name << " (" << (ws.labelled ? "labels" : "distillation")
+  std::cout << "qat " << name << " (" << (config.distills(ws.labelled) ? "distillation" : "labels")
             << "): validation top-1 " << top1 << "%, " << result.seconds_per_epoch << " s/epoch -> "
             << path << "\n";
   return 0;
