@@ -191,6 +191,13 @@ TEST(QuantizeCommand, EndToEnd) {
                               " --output " + out + " --bits 8/8 --qconfig x.json");
   EXPECT_EQ(both.exit_code, 1);
   EXPECT_NE(both.output.find("--qconfig replaces"), std::string::npos) << both.output;
+  // The short form: the model as the first argument, --data, -o.
+  const std::string short_out = temp_path("cli_short_int8.onnx");
+  std::filesystem::remove(short_out);
+  const Result short_form = run_cli("quantize " + kModel + " --data " + calibration_file(40) +
+                                    " -o " + short_out + " --threads 1");
+  ASSERT_EQ(short_form.exit_code, 0) << short_form.output;
+  EXPECT_TRUE(calq::onnx::import(short_out).qdq);
 }
 #endif
 

@@ -58,10 +58,12 @@ CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* run) {
   CLI::App* command = app.add_subcommand(
       "quantize",
       "post-training quantization of an ONNX model: calibrate on a .npy, write QDQ ONNX");
-  command->add_option("--model", args->model, "float ONNX model (one float input)")->required();
-  command->add_option("--calib", args->calib, ".npy of calibration inputs, one sample per row")
+  command->add_option("model,--model", args->model, "float ONNX model (one float input)")
       ->required();
-  command->add_option("--output", args->output, "QDQ ONNX model to write")->required();
+  command
+      ->add_option("--calib,--data", args->calib, ".npy of calibration inputs, one sample per row")
+      ->required();
+  command->add_option("-o,--output", args->output, "QDQ ONNX model to write")->required();
   command->add_option("--observer", args->observer, "activation observer")->capture_default_str();
   command->add_option("--bits", args->bits, "weights/activations bit widths: 4, 8 or 16 each")
       ->capture_default_str();
