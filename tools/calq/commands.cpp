@@ -131,9 +131,16 @@ int export_command(const std::string& checkpoint, const std::string& json_path,
     std::cout << "scales of " << checkpoint << " -> " << json_path << "\n";
   }
   if (!onnx_path.empty()) {
-    const Trace t = trace_model(model);
-    link_input_quantizers(t);
-    const deploy::ExportReport report = deploy::export_qdq(*model.module, t, onnx_path);
+    deploy::ExportReport report;
+    if (model.imported_model) {
+      std::vector<int64_t> shape = {1};
+      shape.insert(shape.end(), model.example_shape.begin(), model.example_shape.end());
+      report = deploy::export_qdq(*model.imported_model, {at::zeros(shape)}, onnx_path);
+    } else {
+      const Trace t = trace_model(model);
+      link_input_quantizers(t);
+      report = deploy::export_qdq(*model.module, t, onnx_path);
+    }
     std::cout << "QDQ ONNX of " << checkpoint << " -> " << onnx_path << ": " << report.str()
               << "\n";
   }
@@ -191,6 +198,16 @@ int infer_command(const RunConfig& config, const std::string& model_path,
     }
     torch::NoGradGuard no_grad;
     outputs = model.forward_all(x);
+  } else if (model.imported_model) {
+    TORCH_CHECK(engine == "ort",
+                "infer: the integer engine runs traced calq::nn models; for an "
+                "imported ONNX model use --engine ort (its QDQ export in ONNX Runtime) or sim");
+    const std::string onnx = output + ".qdq.onnx";
+    deploy::export_qdq(*model.imported_model, {x.narrow(0, 0, 1)}, onnx);
+    deploy::OrtOptions options;
+    options.threads = threads;
+    outputs = deploy::run_onnxruntime(onnx, {x}, options).outputs;
+    std::filesystem::remove(onnx);
   } else {
     const Trace t = trace_model(model);
     link_input_quantizers(t);

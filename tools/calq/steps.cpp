@@ -90,6 +90,7 @@ Model make_float_model(const std::string& name) {
       return shared->keep_float(names);
     };
     model.imported = true;
+    model.imported_model = shared;
     return model;
   }
   zoo::Classifier classifier = zoo::make_model(name);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "calq/data/source.h"
+#include "calq/onnx/import.h"
 #include "calq/pipeline/training.h"
 #include "calq/qconfig.h"
 #include "calq/trace.h"
@@ -50,6 +51,8 @@ struct Model {
   /// For imported models: ONNX node names -> module overrides of --exclude.
   std::function<std::map<std::string, QConfig>(const std::vector<std::string>&)> keep_float;
   bool imported = false;
+  /// The ONNX import behind an imported model (its graph is `module`); export walks it.
+  std::shared_ptr<onnx::ImportedModel> imported_model;
 };
 
 /// Checks that examples of `example_shape` (no batch dimension) fit the model's input (rank and
