@@ -18,9 +18,13 @@ FixedScaleObserverImpl::FixedScaleObserverImpl(ObserverOptions common,
               " is invalid; it must be finite and > 0");
   TORCH_CHECK(!spec().per_channel(), "observer 'fixed_scale' is per-tensor only; got spec ",
               spec().str());
-  const double half_steps = static_cast<double>(spec().quant_max() - spec().quant_min()) / 2.0;
-  assign(min_val_, at::full({1}, -effective_scale() * half_steps, at::kFloat));
-  assign(max_val_, at::full({1}, effective_scale() * half_steps, at::kFloat));
+  // The range the scale represents: -+s * half the steps (eq. 1), or [0, s * quant_max] on an
+  // unsigned grid (eq. 1c).
+  const double steps = static_cast<double>(spec().quant_max() - spec().quant_min());
+  const double lo = spec().unsigned_grid() ? 0.0 : -effective_scale() * steps / 2.0;
+  const double hi = effective_scale() * (spec().unsigned_grid() ? steps : steps / 2.0);
+  assign(min_val_, at::full({1}, lo, at::kFloat));
+  assign(max_val_, at::full({1}, hi, at::kFloat));
 }
 
 nlohmann::json FixedScaleObserverImpl::config() const {
