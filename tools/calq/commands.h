@@ -11,7 +11,9 @@ namespace cli {
 int train_command(const RunConfig& config);
 int calibrate_command(const RunConfig& config, const std::string& observer,
                       const std::string& qconfig_file);
-int evaluate_command(const RunConfig& config, const std::string& checkpoint);
+/// With `versus`, also evaluates that model and prints the paired comparison (versus - checkpoint).
+int evaluate_command(const RunConfig& config, const std::string& checkpoint,
+                     const std::string& versus = "");
 int qat_command(const RunConfig& config, const std::string& method, const std::string& calibrated,
                 const std::string& qconfig_file);
 int export_command(const std::string& checkpoint, const std::string& json_path);

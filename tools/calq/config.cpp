@@ -6,6 +6,8 @@
 #include <fstream>
 #include <set>
 
+#include "calq/analysis/auto_recipe.h"
+#include "calq/deploy/profile.h"
 #include "calq/qconfig.h"
 #include "calq/workflow.h"
 #include "calq/zoo/models.h"
@@ -44,6 +46,10 @@ QuantDtype RunConfig::activation_dtype() const {
   return dtype_for_bits(split_bits(bits).second, "activation");
 }
 
+bool RunConfig::unsigned_activations() const {
+  return target != "accelerator" && deploy::profile_from_string(target).unsigned_activations;
+}
+
 void RunConfig::validate() const {
   weight_dtype();
   activation_dtype();
@@ -71,7 +77,18 @@ void RunConfig::validate() const {
   // Names are checked up front (errors list the valid ones), not after an hour of training.
   march_from_string(march);
   for (const auto& observer : observers) {
+    if (observer == "auto") continue;  // calq::analysis::auto_recipe
     get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();
+  }
+  analysis::relu6_policy_from_string(cle_relu6);
+  analysis::promotion_from_string(promotion);
+  if (target != "accelerator") {
+    try {
+      deploy::profile_from_string(target);
+    } catch (const c10::Error&) {
+      TORCH_CHECK(false, "--target: unknown target '", target,
+                  "'; valid targets: accelerator, ort-cpu");
+    }
   }
   for (const auto& method : methods) {
     get_default_qconfig(method, std::string("fake_quant"), qat_observer).validate();
@@ -100,7 +117,13 @@ nlohmann::json RunConfig::to_json() const {
           {"march", march},
           {"observers", observers},
           {"methods", methods},
-          {"qat_observer", qat_observer}};
+          {"qat_observer", qat_observer},
+          {"cle", cle},
+          {"cle_relu6", cle_relu6},
+          {"bias_correction", bias_correction},
+          {"target_drop", target_drop},
+          {"promotion", promotion},
+          {"target", target}};
 }
 
 void RunConfig::merge_json(const nlohmann::json& j) {
@@ -143,6 +166,12 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("observers", observers);
     get("methods", methods);
     get("qat_observer", qat_observer);
+    get("cle", cle);
+    get("cle_relu6", cle_relu6);
+    get("bias_correction", bias_correction);
+    get("target_drop", target_drop);
+    get("promotion", promotion);
+    get("target", target);
   } catch (const nlohmann::json::exception& error) {
     TORCH_CHECK(false, "--config: a setting has the wrong type: ", error.what());
   }

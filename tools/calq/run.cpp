@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "auto_calibration.h"
 #include "calq/pipeline/statistics.h"
 #include "calq/pipeline/training.h"
 #include "calq/util/atomic_file.h"
@@ -90,29 +91,48 @@ int run_command(const RunConfig& config) {
     const std::string path = config.out + "/calibrated/" + observer + ".pt";
     if (has(results, "calibration", observer) && std::filesystem::exists(path)) continue;
     ModelMeta meta;
-    zoo::Classifier model =
-        prepare_from_float(config, *float_net, calibration_qconfig(config, observer), &meta);
+    zoo::Classifier model;
+    nlohmann::json search;
     util::Timer timer;
-    calibrate(model, calibration);
+    if (observer == "auto") {
+      // Chooses on the validation split by top-1, like every other choice of calq run, so it
+      // cannot end below the best single observer there (each is one of its candidates).
+      AutoCalibration chosen = auto_calibrate(ws, *float_net, calibration, /*labeled=*/true);
+      std::cerr << chosen.result.summary();
+      model = chosen.model;
+      meta = chosen.meta;
+      analysis::save_recipe(chosen.result.recipe, config.out + "/calibrated/auto.recipe.json");
+      search = chosen.result.to_json();
+      search.erase("recipe");
+      search["recipe_file"] = config.out + "/calibrated/auto.recipe.json";
+    } else {
+      const analysis::Recipe recipe = calibration_recipe(config, observer);
+      model = prepare_from_float(config, *float_net, recipe, &meta);
+      calibrate_with(*model, recipe, calibration);
+    }
     const double seconds = timer.seconds();
     const double top1 = pipeline::evaluate(*model, ws.validation, true, 512, "val " + observer);
     save_model(*model, meta, path);
     results["calibration"][observer] = {
         {"val_top1", top1}, {"seconds", seconds}, {"clamped_scales", clamped_scales(*model)}};
+    if (!search.is_null()) results["calibration"][observer]["auto"] = search;
     save_results(config, results);
     std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
   }
   const std::string best = best_by_validation(results, "calibration", config.observers);
   results["best_observer"] = best;
-  zoo::Classifier calibrated = load_model(config.out + "/calibrated/" + best + ".pt");
+  ModelMeta calibrated_meta;
+  zoo::Classifier calibrated =
+      load_model(config.out + "/calibrated/" + best + ".pt", &calibrated_meta);
 
   // Steps 7-11 for every method: fresh QAT model, load the best calibration, train, validate.
   for (const std::string& method : config.methods) {
     const std::string path = config.out + "/qat/" + method + ".pt";
     if (has(results, "qat", method) && std::filesystem::exists(path)) continue;
     ModelMeta meta;
-    zoo::Classifier model =
-        prepare_from_float(config, *float_net, qat_qconfig(config, method), &meta);
+    zoo::Classifier model = prepare_from_float(
+        config, *float_net, qat_recipe(config, method, &calibrated_meta.recipe), &meta);
+    copy_float_state(*calibrated, *model);  // equalized / bias-corrected weights, if any
     const LoadReport report = load_observer_params(*calibrated, *model);
     TORCH_CHECK(report.ok(), "qat ", method,
                 ": the calibration does not fit the QAT model: ", report.str());

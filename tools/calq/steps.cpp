@@ -17,13 +17,31 @@ namespace calq {
 namespace cli {
 namespace {
 
-QConfigOverrides float_output(const zoo::ClassifierImpl& model, const QConfig& global) {
+QConfigOverrides float_output(const zoo::ClassifierImpl& model, const QConfig& global,
+                              const QConfigOverrides& base = {}) {
   // The seed's "32-bit output": the classifier's logits stay float, its weight is quantized.
-  QConfigOverrides overrides;
-  QConfig last = global;
+  QConfigOverrides overrides = base;
+  auto found = base.by_name.find(model.output_layer());
+  QConfig last = found != base.by_name.end() ? found->second : global;
   last.activation = c10::nullopt;
   overrides.by_name[model.output_layer()] = last;
   return overrides;
+}
+
+analysis::Forward forward_of(zoo::ClassifierImpl& model) {
+  return [&model](const at::Tensor& x) { return model.forward(x); };
+}
+
+// Rebuilds the architecture change equalization made (ReLU6 -> ReLU), before a load.
+void apply_architecture_steps(zoo::ClassifierImpl& model, const analysis::Recipe& recipe) {
+  if (!recipe.steps.cross_layer_equalization() ||
+      recipe.steps.equalization().relu6() != analysis::Relu6Policy::to_relu) {
+    return;
+  }
+  model.eval();
+  analysis::replace_relu6_for_equalization(
+      model, forward_of(model),
+      at::zeros({1, 1, data::kFashionMnistRows, data::kFashionMnistCols}));
 }
 
 nlohmann::json dtype_kwargs(QuantDtype dtype) {
@@ -76,6 +94,40 @@ QConfig calibration_qconfig(const RunConfig& config, const std::string& observer
                              dtype_kwargs(config.weight_dtype()));
 }
 
+analysis::Recipe with_run_options(const RunConfig& config, analysis::Recipe recipe) {
+  if (config.unsigned_activations()) {
+    zoo::Classifier shape = zoo::make_model(config.model);
+    recipe.overrides =
+        analysis::unsigned_activation_overrides(*shape, recipe.global, recipe.overrides);
+  }
+  if (config.cle) {
+    recipe.steps.cross_layer_equalization(true);
+    recipe.steps.equalization(analysis::EqualizationOptions().relu6(
+        analysis::relu6_policy_from_string(config.cle_relu6)));
+  }
+  if (config.bias_correction) recipe.steps.bias_correction(true);
+  return recipe;
+}
+
+analysis::Recipe calibration_recipe(const RunConfig& config, const std::string& observer) {
+  analysis::Recipe recipe;
+  recipe.global = calibration_qconfig(config, observer);
+  return with_run_options(config, recipe);
+}
+
+analysis::Recipe qat_recipe(const RunConfig& config, const std::string& method,
+                            const analysis::Recipe* calibrated) {
+  const std::string weight_method = method == "lsq" ? "lsq" : "fake_quant";
+  if (calibrated != nullptr) return calibrated->for_qat(method, weight_method, config.qat_observer);
+  analysis::Recipe recipe;
+  recipe.global = qat_qconfig(config, method);
+  if (config.unsigned_activations()) {
+    zoo::Classifier shape = zoo::make_model(config.model);
+    recipe.overrides = analysis::unsigned_activation_overrides(*shape, recipe.global);
+  }
+  return recipe;
+}
+
 QConfig qat_qconfig(const RunConfig& config, const std::string& method) {
   const std::string weight_method = method == "lsq" ? "lsq" : "fake_quant";
   return get_default_qconfig(method, weight_method, config.qat_observer, "min_max",
@@ -103,8 +155,17 @@ pipeline::TrainOptions qat_train_options(const RunConfig& config, const std::str
 }
 
 nlohmann::json ModelMeta::to_json() const {
-  return {
-      {"model", model}, {"prepared", prepared}, {"qconfig", qconfig.to_json()}, {"march", march}};
+  nlohmann::json j = {{"model", model},
+                      {"prepared", prepared},
+                      {"qconfig", recipe.global.to_json()},
+                      {"march", march}};
+  if (!recipe.overrides.by_name.empty() || !recipe.overrides.by_type.empty() ||
+      recipe.steps.cross_layer_equalization() || recipe.steps.bias_correction()) {
+    analysis::Recipe stored = recipe;
+    stored.notes = nullptr;
+    j["recipe"] = stored.to_json();  // per-layer recipes (auto, unsigned grids, steps)
+  }
+  return j;
 }
 
 ModelMeta ModelMeta::from_json(const nlohmann::json& j) {
@@ -112,7 +173,11 @@ ModelMeta ModelMeta::from_json(const nlohmann::json& j) {
   try {
     meta.model = j.at("model").get<std::string>();
     meta.prepared = j.at("prepared").get<bool>();
-    if (meta.prepared) meta.qconfig = QConfig::from_json(j.at("qconfig"));
+    if (meta.prepared && j.contains("recipe")) {
+      meta.recipe = analysis::Recipe::from_json(j.at("recipe"));
+    } else if (meta.prepared) {
+      meta.recipe.global = QConfig::from_json(j.at("qconfig"));
+    }
     meta.march = j.value("march", std::string("bayes"));
   } catch (const nlohmann::json::exception& error) {
     TORCH_CHECK(false, "model description is incomplete: ", error.what());
@@ -124,7 +189,9 @@ zoo::Classifier build_model(const ModelMeta& meta) {
   zoo::Classifier model = zoo::make_model(meta.model);
   if (meta.prepared) {
     fuse(*model);
-    prepare_qat(*model, meta.qconfig, float_output(*model, meta.qconfig),
+    apply_architecture_steps(*model, meta.recipe);
+    prepare_qat(*model, meta.recipe.global,
+                float_output(*model, meta.recipe.global, meta.recipe.overrides),
                 march_from_string(meta.march));
   }
   return model;
@@ -186,18 +253,45 @@ zoo::Classifier float_model(const Workspace& ws, double* seconds_per_epoch, bool
 
 zoo::Classifier prepare_from_float(const RunConfig& config, zoo::ClassifierImpl& float_model,
                                    const QConfig& qconfig, ModelMeta* meta_out) {
+  analysis::Recipe recipe;
+  recipe.global = qconfig;
+  return prepare_from_float(config, float_model, recipe, meta_out);
+}
+
+zoo::Classifier prepare_from_float(const RunConfig& config, zoo::ClassifierImpl& float_model,
+                                   const analysis::Recipe& recipe, ModelMeta* meta_out) {
   ModelMeta meta;
   meta.model = config.model;
   meta.prepared = false;
   zoo::Classifier model = build_model(meta);
   copy_float_state(float_model, *model);
   fuse(*model);
-  prepare_qat(*model, qconfig, float_output(*model, qconfig), march_from_string(config.march));
+  apply_architecture_steps(*model, recipe);
+  prepare_qat(*model, recipe.global, float_output(*model, recipe.global, recipe.overrides),
+              march_from_string(config.march));
   meta.prepared = true;
-  meta.qconfig = qconfig;
+  meta.recipe = recipe;
   meta.march = config.march;
   if (meta_out != nullptr) *meta_out = meta;
   return model;
+}
+
+analysis::RecipeApplication calibrate_with(zoo::ClassifierImpl& model,
+                                           const analysis::Recipe& recipe,
+                                           const std::vector<at::Tensor>& images) {
+  analysis::RecipeApplication done =
+      analysis::apply_recipe(model, forward_of(model), recipe, images);
+  if (done.equalized) std::cerr << "cross-layer equalization: " << done.equalization.str() << "\n";
+  if (done.bias_corrected) std::cerr << "bias correction: " << done.bias_correction.str() << "\n";
+  return done;
+}
+
+std::vector<at::Tensor> validation_images(const Workspace& ws, int64_t batch_size) {
+  std::vector<at::Tensor> out;
+  for (const auto& batch : data::Batches(ws.validation, data::BatchOptions(batch_size))) {
+    out.push_back(batch.images);
+  }
+  return out;
 }
 
 std::vector<at::Tensor> calibration_images(const Workspace& ws) {

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "calq/analysis/recipe.h"
 #include "calq/data/fashion_mnist.h"
 #include "calq/pipeline/training.h"
 #include "calq/qconfig.h"
@@ -33,6 +34,18 @@ QConfig calibration_qconfig(const RunConfig& config, const std::string& observer
 /// else fake_quant; min_max weight observer.
 QConfig qat_qconfig(const RunConfig& config, const std::string& method);
 
+/// The calibration recipe of `observer`: calibration_qconfig, unsigned grids after ReLU /
+/// ReLU6 when --target accepts them, and the --cle / --bias-correction steps.
+analysis::Recipe calibration_recipe(const RunConfig& config, const std::string& observer);
+/// `recipe` with the target's unsigned grids (when --target accepts them) and the --cle /
+/// --bias-correction steps added.
+analysis::Recipe with_run_options(const RunConfig& config, analysis::Recipe recipe);
+/// The QAT recipe of `method`: the calibrated model's recipe switched to the QAT method
+/// (analysis::Recipe::for_qat: per-layer grids, int16 promotions and unsigned grids kept), or
+/// qat_qconfig with the target's unsigned grids when `calibrated` is null.
+analysis::Recipe qat_recipe(const RunConfig& config, const std::string& method,
+                            const analysis::Recipe* calibrated = nullptr);
+
 /// Where an interrupted QAT of `name` resumes from (removed once it finished).
 std::string qat_resume_checkpoint(const RunConfig& config, const std::string& name);
 /// Steps 9-10 for `name`: --qat-epochs of Adam in state QAT (weights at --qat-lr, quantizer
@@ -44,7 +57,7 @@ pipeline::TrainOptions qat_train_options(const RunConfig& config, const std::str
 struct ModelMeta {
   std::string model;
   bool prepared = false;
-  QConfig qconfig;  ///< global recipe (prepared models)
+  analysis::Recipe recipe;  ///< prepared models: global qconfig, overrides, steps that ran
   std::string march = "bayes";
   nlohmann::json to_json() const;
   static ModelMeta from_json(const nlohmann::json& j);
@@ -64,6 +77,16 @@ zoo::Classifier float_model(const Workspace& ws, double* seconds_per_epoch, bool
 /// A fresh prepared model holding the float model's weights (steps 2 and 7).
 zoo::Classifier prepare_from_float(const RunConfig& config, zoo::ClassifierImpl& float_model,
                                    const QConfig& qconfig, ModelMeta* meta);
+/// The same with a per-layer recipe (its steps are not run: calibrate_with does).
+zoo::Classifier prepare_from_float(const RunConfig& config, zoo::ClassifierImpl& float_model,
+                                   const analysis::Recipe& recipe, ModelMeta* meta);
+/// Calibrates a model prepared with `recipe` on `images` (analysis::apply_recipe: cross-layer
+/// equalization, calibration, bias correction) and says what the steps did on stderr.
+analysis::RecipeApplication calibrate_with(zoo::ClassifierImpl& model,
+                                           const analysis::Recipe& recipe,
+                                           const std::vector<at::Tensor>& images);
+/// The validation split's images in batches (labels unused): auto's held-out data.
+std::vector<at::Tensor> validation_images(const Workspace& ws, int64_t batch_size = 500);
 
 /// The calibration batches (images only) of step 4: --calib-batches batches of --batch-size
 /// training images, drawn with --seed.
