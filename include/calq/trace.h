@@ -45,7 +45,8 @@ struct Trace {
 /// images -> outputs of a model.
 using TraceForward = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
 
-/// Runs `forward` once on `inputs` (without gradients; the model's states are left as they
+/// Runs `forward` once on `inputs` (without gradients, in eval mode, quantizers passing values
+/// through and observing nothing: the model, its observers and modes are left as they
 /// are) and records every calq::nn module call. Every tensor a module reads must be a model
 /// input or the output of an earlier calq::nn module: a tensor computed in between by plain
 /// ATen code (at::add, a view) is an error naming the module that read it, since export and

@@ -61,6 +61,8 @@ class OutputRecorder::Impl : public nn::CallRecorder {
  public:
   explicit Impl(const std::vector<const nn::QuantModuleImpl*>& modules)
       : modules_(modules.begin(), modules.end()) {}
+  // The analysis compares what quantized and float forwards compute: quantizers must act.
+  bool structural() const override { return false; }
   void record(const nn::QuantModuleImpl& module, const std::vector<at::Tensor>& inputs,
               const at::Tensor& output) override {
     if (modules_.count(&module) == 0) return;

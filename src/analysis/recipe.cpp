@@ -74,7 +74,7 @@ FakeQuantConfig switched(const FakeQuantConfig& c, const std::string& method,
                          const std::string& observer) {
   FakeQuantConfig out = c;
   out.method = method;
-  out.observer = observer;
+  out.observer = observer.empty() ? c.observer : observer;  // empty: the calibration's own
   out.qkwargs = nlohmann::json::object();
   const std::vector<std::string> valid = out.valid_keys();
   for (const auto& item : c.qkwargs.items()) {

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "calq/data/batches.h"
 #include "calq/nn/conv.h"
@@ -83,7 +84,39 @@ TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
 
 TrainResult train(torch::nn::Module& model, const Forward& forward, const data::Dataset& dataset,
                   const TrainOptions& options) {
-  TORCH_CHECK(dataset.size() > 0, "train: the training set is empty");
+  return train(model, forward, data::in_memory(dataset, nlohmann::json::object()), options);
+}
+
+namespace {
+
+// The training loss of one batch: cross-entropy on the labels, or distillation from the
+// teacher's outputs.
+at::Tensor batch_loss(const at::Tensor& output, const data::Batch& batch, const Forward* teacher) {
+  if (teacher == nullptr) return at::cross_entropy_loss(output, batch.labels);
+  at::Tensor target;
+  {
+    torch::NoGradGuard no_grad;
+    target = (*teacher)(batch.images).detach();
+  }
+  TORCH_CHECK(target.sizes() == output.sizes(), "train: the teacher's output ", target.sizes(),
+              " and the model's ", output.sizes(), " differ; distillation needs the same shape");
+  if (output.dim() == 2) {
+    // KL(softmax(teacher) || softmax(student)), averaged over the batch.
+    return at::kl_div(at::log_softmax(output, 1), at::log_softmax(target, 1), at::Reduction::Sum,
+                      /*log_target=*/true) /
+           static_cast<double>(output.size(0));
+  }
+  return at::mse_loss(output, target);
+}
+
+}  // namespace
+
+TrainResult train(torch::nn::Module& model, const Forward& forward, const data::SourcePtr& data,
+                  const TrainOptions& options, const Forward* teacher) {
+  TORCH_CHECK(data && data->size() > 0, "train: the training set is empty");
+  TORCH_CHECK(teacher != nullptr || data->has_labels(), "train: the data has no labels; give a ",
+              "teacher (the float model) to train by distillation");
+  const int64_t dataset_size = data->size();
   TORCH_CHECK(options.epochs() >= 1, "train: epochs must be >= 1, got ", options.epochs());
   TORCH_CHECK(options.batch_size() >= 1, "train: batch_size must be >= 1, got ",
               options.batch_size());
@@ -111,8 +144,7 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
                 options.checkpoint(), "': it finished ", result.first_epoch,
                 " epochs, more than the ", options.epochs(), " asked for");
   }
-  const int64_t steps_per_epoch =
-      (dataset.size() + options.batch_size() - 1) / options.batch_size();
+  const int64_t steps_per_epoch = (dataset_size + options.batch_size() - 1) / options.batch_size();
   const int64_t total_steps = steps_per_epoch * options.epochs();
   double seconds = 0.0;
   TORCH_CHECK(options.freeze_bn_epochs() >= 0 && options.freeze_bn_epochs() <= options.epochs(),
@@ -125,13 +157,13 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
       model.train(true);
     }
     freeze_batch_norm(model, epoch >= options.epochs() - options.freeze_bn_epochs());
-    data::Batches batches(dataset, data::BatchOptions(options.batch_size())
-                                       .shuffle(true)
-                                       .seed(options.seed())
-                                       .epoch(static_cast<uint64_t>(epoch)));
+    data::SourceBatches batches(data, data::BatchOptions(options.batch_size())
+                                          .shuffle(true)
+                                          .seed(options.seed())
+                                          .epoch(static_cast<uint64_t>(epoch)));
     util::Progress progress(options.label() + " epoch " + std::to_string(epoch + 1) + "/" +
                                 std::to_string(options.epochs()),
-                            dataset.size(), "img");
+                            dataset_size, "img");
     util::Timer timer;
     double loss_sum = 0.0;
     int64_t step = 0;
@@ -142,7 +174,7 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
         set_group_lrs(optimizer, options.lr() * decay, quantizer_lr * decay);
       }
       optimizer.zero_grad();
-      at::Tensor loss = at::cross_entropy_loss(forward(batch.images), batch.labels);
+      at::Tensor loss = batch_loss(forward(batch.images), batch, teacher);
       const double value = loss.item<double>();
       TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
                   " at epoch ", epoch + 1, ", step ", step + 1,
@@ -167,9 +199,11 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
 }
 
 Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
-                         const data::Dataset& dataset, bool quantized, int64_t batch_size,
-                         const std::string& label) {
-  TORCH_CHECK(dataset.size() > 0, "evaluate: the evaluation set is empty");
+                         const data::SourcePtr& data, bool quantized, const Forward* reference,
+                         int64_t batch_size, const std::string& label) {
+  TORCH_CHECK(data && data->size() > 0, "evaluate: the evaluation set is empty");
+  TORCH_CHECK(reference != nullptr || data->has_labels(),
+              "evaluate: the data has no labels; compare with a reference model instead");
   if (quantized) {
     set_fake_quantize(model, FakeQuantState::VALIDATION);
   } else {
@@ -177,19 +211,40 @@ Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
   }
   torch::NoGradGuard no_grad;
   Evaluation result;
-  result.correct.reserve(static_cast<size_t>(dataset.size()));
+  result.correct.reserve(static_cast<size_t>(data->size()));
   int64_t correct = 0;
-  util::Progress progress(label, dataset.size(), "img");
-  for (const data::Batch& batch : data::Batches(dataset, data::BatchOptions(batch_size))) {
-    const at::Tensor right = forward(batch.images).argmax(1).eq(batch.labels).to(at::kByte);
+  double signal = 0.0, noise = 0.0;
+  util::Progress progress(label, data->size(), "img");
+  for (const data::Batch& batch : data::SourceBatches(data, data::BatchOptions(batch_size))) {
+    const at::Tensor output = forward(batch.images);
+    at::Tensor right;
+    if (reference != nullptr) {
+      const at::Tensor expected = (*reference)(batch.images);
+      right = output.argmax(1).eq(expected.argmax(1)).to(at::kByte);
+      signal += expected.to(at::kDouble).pow(2).sum().item<double>();
+      noise += (output - expected).to(at::kDouble).pow(2).sum().item<double>();
+    } else {
+      right = output.argmax(1).eq(batch.labels).to(at::kByte);
+    }
     const uint8_t* p = right.contiguous().data_ptr<uint8_t>();
     result.correct.insert(result.correct.end(), p, p + right.numel());
     correct += right.sum().item<int64_t>();
-    progress.advance(batch.size());
+    progress.advance(batch.images.size(0));
   }
   progress.finish();
-  result.top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(dataset.size());
+  result.top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(data->size());
+  if (reference != nullptr) {
+    result.sqnr_db =
+        noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
+  }
   return result;
+}
+
+Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
+                         const data::Dataset& dataset, bool quantized, int64_t batch_size,
+                         const std::string& label) {
+  return evaluate_each(model, forward, data::in_memory(dataset, nlohmann::json::object()),
+                       quantized, nullptr, batch_size, label);
 }
 
 Evaluation evaluate_each(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,

@@ -119,6 +119,22 @@ Trace trace(torch::nn::Module& model, const TraceForward& forward,
   Recorder recorder(model, inputs);
   std::vector<at::Tensor> outputs;
   {
+    // Eval mode: batch norm in training mode would fold the example input into its running
+    // statistics. Each module's own flag is restored (train() recurses, so parents first).
+    std::vector<std::pair<std::shared_ptr<torch::nn::Module>, bool>> modes;
+    for (const auto& m : model.modules(/*include_self=*/false))
+      modes.emplace_back(m, m->is_training());
+    const bool was_training = model.is_training();
+    model.eval();
+    struct RestoreModes {
+      torch::nn::Module& model;
+      bool was_training;
+      std::vector<std::pair<std::shared_ptr<torch::nn::Module>, bool>>& modes;
+      ~RestoreModes() {
+        model.train(was_training);
+        for (auto& [m, training] : modes) m->train(training);
+      }
+    } restore{model, was_training, modes};
     torch::NoGradGuard no_grad;
     nn::RecordingScope scope(&recorder);
     outputs = forward(inputs);

@@ -114,6 +114,12 @@ TEST(Recipe, ForQatKeepsGridsAndSwitchesMethods) {
   EXPECT_EQ(q.overrides.by_type.at("Add").activation->qkwargs.at("dtype"), "qint16");
   EXPECT_FALSE(q.overrides.by_name.at("fc").activation.has_value());
   EXPECT_TRUE(q.steps.cross_layer_equalization());  // kept: how the weights were made
+  // No observer given: every layer keeps its calibration's observer and keywords.
+  const Recipe own = r.for_qat("fake_quant", "fake_quant", "");
+  EXPECT_EQ(own.global.activation->observer, "percentile");
+  EXPECT_EQ(own.global.activation->qkwargs.at("percentile"), 99.9);
+  EXPECT_EQ(own.overrides.by_name.at("conv1").activation->observer, "kl");
+  EXPECT_EQ(own.overrides.by_name.at("conv1").activation->qkwargs.at("unsigned"), true);
 }
 
 TEST(Recipe, UnsignedOverridesOnlyWhereNonNegative) {

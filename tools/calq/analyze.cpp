@@ -4,6 +4,8 @@
 // a markdown report with SVG charts in OUT/analysis/.
 #include "analyze.h"
 
+#include <ATen/Parallel.h>
+
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -11,6 +13,7 @@
 #include "calq/analysis/analyze.h"
 #include "calq/analysis/report.h"
 #include "calq/util/atomic_file.h"
+#include "recipe_steps.h"
 #include "steps.h"
 
 namespace calq {
@@ -40,7 +43,7 @@ CLI::App* add_analyze_command(CLI::App& app, const std::function<void(CLI::App&)
       ->required();
   sub->add_option("--json", f.json_path, "write the per-point figures here (JSON)");
   sub->add_option("--samples", f.samples,
-                  "validation images analysed (2N + 2 passes over them for N points)")
+                  "validation examples analysed (2N + 2 passes over them for N points)")
       ->capture_default_str();
   sub->add_flag("--no-sensitivity", f.no_sensitivity,
                 "skip the 2N sensitivity passes (accumulated error only)");
@@ -52,19 +55,15 @@ int analyze_command(const RunConfig& config) {
   TORCH_CHECK(f.samples >= 1, "--samples must be >= 1, got ", f.samples);
   Workspace ws = open_workspace(config);
   ModelMeta meta;
-  zoo::Classifier model = load_model(f.checkpoint, &meta);
+  Model model = load_model(f.checkpoint, &meta);
   TORCH_CHECK(meta.prepared, "analyze: '", f.checkpoint,
               "' is a float model; analyze a calibrated one (calq calibrate)");
+  check_workspace_fits(model, ws);
   // A bounded subset of the validation split (held out from training, never the test set).
-  const int64_t n = std::min<int64_t>(f.samples, ws.validation.size());
-  std::vector<at::Tensor> batches;
-  for (int64_t start = 0; start < n; start += config.batch_size) {
-    batches.push_back(
-        ws.validation.images.narrow(0, start, std::min(config.batch_size, n - start)));
-  }
-  const analysis::Analysis result = analysis::analyze(
-      *model, [&](const at::Tensor& x) { return model->forward(x); }, batches,
-      analysis::AnalyzeOptions().sensitivity(!f.no_sensitivity));
+  const std::vector<at::Tensor> batches = validation_images(ws, f.samples);
+  const analysis::Analysis result =
+      analysis::analyze(*model.module, model.forward, batches,
+                        analysis::AnalyzeOptions().sensitivity(!f.no_sensitivity));
 
   std::cout << analysis::format_analysis_table(result);
   const std::vector<size_t> ranking = result.ranking();
@@ -79,9 +78,9 @@ int analyze_command(const RunConfig& config) {
   std::ostringstream context;
   context << "`calq analyze --checkpoint " << f.checkpoint << "`: " << meta.model << ", W"
           << config.bits << " settings, " << result.samples
-          << " validation images (held out from training), " << at::get_num_threads()
+          << " validation examples (held out from training), " << at::get_num_threads()
           << " threads.";
-  if (meta.recipe.steps.bias_correction()) {
+  if (meta.steps.bias_correction()) {
     context << " The model was bias-corrected: its float reference (every quantizer FLOAT) "
                "has the corrected biases.";
   }

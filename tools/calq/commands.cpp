@@ -1,28 +1,45 @@
-// The single-step subcommands: train, calibrate, evaluate, qat, export, check.
+// The single-step subcommands: train, calibrate, evaluate, qat, export, check, infer.
 #include "commands.h"
 
 #include <filesystem>
 #include <iostream>
 
 #include "auto_calibration.h"
-#include "calq/data/batches.h"
-#include "calq/pipeline/statistics.h"
+#include "calq/analysis/recipe.h"
+#include "calq/deploy/integer_engine.h"
+#include "calq/deploy/onnxruntime.h"
+#include "calq/deploy/qdq_export.h"
 #include "calq/pipeline/training.h"
+#include "calq/trace.h"
 #include "calq/util/atomic_file.h"
+#include "calq/util/npy.h"
 #include "calq/util/timer.h"
+#include "recipe_steps.h"
 #include "steps.h"
 
 namespace calq {
 namespace cli {
+namespace {
+
+// Top-1 on the labels, or agreement with the float model when the data has none.
+pipeline::Evaluation score(const Workspace& ws, Model& model, const Model& reference,
+                           const data::SourcePtr& data, bool quantized) {
+  const pipeline::Forward* against = ws.labelled ? nullptr : &reference.forward;
+  reference.module->eval();
+  return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against);
+}
+
+}  // namespace
 
 int train_command(const RunConfig& config) {
   Workspace ws = open_workspace(config);
   double seconds = 0.0;
   bool reused = false;
-  zoo::Classifier model = float_model(ws, &seconds, &reused);
-  const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/false);
-  std::cout << "float " << config.model << ": top-1 " << top1 << "%"
-            << (reused ? " (reused checkpoint)" : "") << "\n";
+  Model model = float_model(ws, &seconds, &reused);
+  const double val = score(ws, model, model, ws.validation, false).top1;
+  std::cout << "float " << config.model << ": validation top-1 " << val << "%";
+  if (ws.test) std::cout << ", test top-1 " << score(ws, model, model, ws.test, false).top1 << "%";
+  std::cout << (reused ? " (reused)" : "") << "\n";
   return 0;
 }
 
@@ -31,14 +48,12 @@ int calibrate_command(const RunConfig& config, const std::string& observer,
   Workspace ws = open_workspace(config);
   double seconds = 0.0;
   bool reused = false;
-  zoo::Classifier float_net = float_model(ws, &seconds, &reused);
-  const std::vector<at::Tensor> calibration = calibration_images(ws);
+  Model float_net = float_model(ws, &seconds, &reused);
   ModelMeta meta;
-  zoo::Classifier model;
+  Model model;
   util::Timer timer;
-  const std::string name = qconfig_file.empty() ? observer : "custom";
   if (qconfig_file.empty() && observer == "auto") {
-    AutoCalibration chosen = auto_calibrate(ws, *float_net, calibration, /*labeled=*/false);
+    AutoCalibration chosen = auto_calibrate(ws, float_net, /*labelled=*/false);
     std::cout << chosen.result.summary();
     model = chosen.model;
     meta = chosen.meta;
@@ -50,41 +65,42 @@ int calibrate_command(const RunConfig& config, const std::string& observer,
     const analysis::Recipe recipe =
         qconfig_file.empty() ? calibration_recipe(config, observer)
                              : with_run_options(config, analysis::load_recipe(qconfig_file));
-    model = prepare_from_float(config, *float_net, recipe, &meta);
-    calibrate_with(*model, recipe, calibration);
+    model = prepare_from_float(config, float_net, recipe, &meta);
+    if (recipe.steps.cross_layer_equalization() || recipe.steps.bias_correction()) {
+      calibrate_with_recipe(ws, model, recipe);
+    } else {
+      calibrate_model(ws, model);  // streams the batches
+    }
   }
   const double calibration_seconds = timer.seconds();
-  const double val_top1 = pipeline::evaluate(*model, ws.validation, /*quantized=*/true);
-  const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/true);
+  const double val_top1 = score(ws, model, float_net, ws.validation, true).top1;
+  const std::string name = qconfig_file.empty() ? observer : "custom";
   const std::string path = config.out + "/calibrated/" + name + ".pt";
-  save_model(*model, meta, path);
-  for (const auto& clamped : clamped_scales(*model)) {
+  save_model(model, meta, path);
+  for (const auto& clamped : clamped_scales(*model.module)) {
     std::cout << "warning: power-of-two scale clamped to [2^-14, 2^-1]: " << clamped << "\n";
   }
   std::cout << "calibrated with " << name << " in " << calibration_seconds
-            << " s: validation top-1 " << val_top1 << "%, test top-1 " << top1 << "%  -> " << path
-            << "\n";
+            << " s: validation top-1 " << val_top1 << "%";
+  if (ws.test)
+    std::cout << ", test top-1 " << score(ws, model, float_net, ws.test, true).top1 << "%";
+  std::cout << "  -> " << path << "\n";
   return 0;
 }
 
-int evaluate_command(const RunConfig& config, const std::string& checkpoint,
-                     const std::string& versus) {
+int evaluate_command(const RunConfig& config, const std::string& checkpoint) {
   Workspace ws = open_workspace(config);
   ModelMeta meta;
-  zoo::Classifier model = load_model(checkpoint, &meta);
-  const pipeline::Evaluation a = pipeline::evaluate_each(*model, ws.test, meta.prepared);
-  std::cout << checkpoint << ": top-1 " << a.top1 << "%"
+  Model model = load_model(checkpoint, &meta);
+  check_workspace_fits(model, ws);
+  ModelMeta float_meta = meta;
+  float_meta.prepared = false;
+  const Model reference = build_model(float_meta);
+  copy_float_state(*model.module, *reference.module);
+  const data::SourcePtr set = ws.test ? ws.test : ws.validation;
+  const double top1 = score(ws, model, reference, set, meta.prepared).top1;
+  std::cout << checkpoint << ": " << (ws.test ? "test" : "validation") << " top-1 " << top1 << "%"
             << (meta.prepared ? " (quantized, VALIDATION)" : " (float)") << "\n";
-  if (!versus.empty()) {
-    ModelMeta other_meta;
-    zoo::Classifier other = load_model(versus, &other_meta);
-    const pipeline::Evaluation b = pipeline::evaluate_each(*other, ws.test, other_meta.prepared);
-    std::cout << versus << ": top-1 " << b.top1 << "%"
-              << (other_meta.prepared ? " (quantized, VALIDATION)" : " (float)") << "\n";
-    const pipeline::PairedComparison c = pipeline::compare_paired(a.correct, b.correct);
-    std::cout << "paired, " << versus << " - " << checkpoint << " on " << c.n
-              << " test images: " << c.str() << " (" << c.verdict() << ")\n";
-  }
   return 0;
 }
 
@@ -93,50 +109,154 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   Workspace ws = open_workspace(config);
   double seconds = 0.0;
   bool reused = false;
-  zoo::Classifier float_net = float_model(ws, &seconds, &reused);
+  Model float_net = float_model(ws, &seconds, &reused);
   ModelMeta calibrated_meta;
-  zoo::Classifier calibrated_model = load_model(calibrated, &calibrated_meta);
-  // Without --qconfig, QAT keeps the calibration's per-layer grids (auto's int16 promotions,
-  // unsigned grids) with the QAT method; a --qconfig file (QConfig or recipe) is used as is.
-  const analysis::Recipe recipe = qconfig_file.empty()
-                                      ? qat_recipe(config, method, &calibrated_meta.recipe)
-                                      : analysis::load_recipe(qconfig_file);
+  Model calibrated_model = load_model(calibrated, &calibrated_meta);
+  TORCH_CHECK(calibrated_meta.prepared && calibrated_meta.qconfig.activation.has_value(), "qat: '",
+              calibrated, "' is not a calibrated model (no quantized activations)");
+  // Without --qconfig, QAT keeps the calibration's per-layer grids (auto's observers and int16
+  // promotions, unsigned grids) with the QAT method; a --qconfig file is used as it is.
+  analysis::Recipe recipe;
+  if (qconfig_file.empty()) {
+    const QConfig global =
+        qat_qconfig(config, method, calibrated_meta.qconfig.activation->observer);
+    const std::string weight_method = method == "lsq" ? "lsq" : "fake_quant";
+    recipe = calibrated_meta.recipe().for_qat(
+        method, weight_method, config.qat_observer == "calibrated" ? "" : config.qat_observer);
+    recipe.global = global;
+  } else {
+    recipe = analysis::load_recipe(qconfig_file);
+  }
   ModelMeta meta;
-  zoo::Classifier model = prepare_from_float(config, *float_net, recipe, &meta);
-  copy_float_state(*calibrated_model, *model);  // equalized / bias-corrected weights, if any
-  const LoadReport report = load_observer_params(*calibrated_model, *model);
+  Model model = prepare_from_float(config, float_net, recipe, &meta);
+  copy_float_state(*calibrated_model.module, *model.module);  // equalized / corrected weights
+  const LoadReport report = load_observer_params(*calibrated_model.module, *model.module);
   std::cout << "load_observer_params: " << report.str() << "\n";
   TORCH_CHECK(report.ok(), "qat: the calibration in '", calibrated,
               "' does not fit the QAT model (see the mismatches above)");
   const std::string name = qconfig_file.empty() ? method : "custom";
-  auto result = pipeline::train(*model, ws.train, qat_train_options(config, name));
-  const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/true);
+  float_net.module->eval();
+  auto result =
+      pipeline::train(*model.module, model.forward, ws.train, qat_train_options(config, name),
+                      config.distills(ws.labelled) ? &float_net.forward : nullptr);
+  const double top1 = score(ws, model, float_net, ws.validation, true).top1;
   const std::string path = config.out + "/qat/" + name + ".pt";
-  save_model(*model, meta, path);
+  save_model(model, meta, path);
   std::filesystem::remove(qat_resume_checkpoint(config, name));
-  std::cout << "qat " << name << ": top-1 " << top1 << "%, " << result.seconds_per_epoch
-            << " s/epoch -> " << path << "\n";
+  std::cout << "qat " << name << " (" << (config.distills(ws.labelled) ? "distillation" : "labels")
+            << "): validation top-1 " << top1 << "%, " << result.seconds_per_epoch << " s/epoch -> "
+            << path << "\n";
   return 0;
 }
 
-int export_command(const std::string& checkpoint, const std::string& json_path) {
+int export_command(const std::string& checkpoint, const std::string& json_path,
+                   const std::string& onnx_path) {
+  TORCH_CHECK(!json_path.empty() || !onnx_path.empty(),
+              "export: give --json FILE (scales) and/or --onnx FILE (QDQ ONNX)");
   ModelMeta meta;
-  zoo::Classifier model = load_model(checkpoint, &meta);
+  Model model = load_model(checkpoint, &meta);
   TORCH_CHECK(meta.prepared, "export: '", checkpoint, "' is a float model; it has no scales");
-  util::write_file_atomic(json_path, export_scales(*model).dump(2) + "\n");
-  std::cout << "scales of " << checkpoint << " -> " << json_path << "\n";
+  if (!json_path.empty()) {
+    util::write_file_atomic(json_path, export_scales(*model.module).dump(2) + "\n");
+    std::cout << "scales of " << checkpoint << " -> " << json_path << "\n";
+  }
+  if (!onnx_path.empty()) {
+    const Trace t = trace_model(model);
+    link_input_quantizers(t);
+    const deploy::ExportReport report = deploy::export_qdq(*model.module, t, onnx_path);
+    std::cout << "QDQ ONNX of " << checkpoint << " -> " << onnx_path << ": " << report.str()
+              << "\n";
+  }
   return 0;
 }
 
 int check_command(const RunConfig& config, const std::string& qconfig_file) {
   config.validate();
-  const analysis::Recipe recipe =
-      qconfig_file.empty() ? calibration_recipe(config, "percentile")
-                           : with_run_options(config, analysis::load_recipe(qconfig_file));
-  zoo::Classifier float_net = zoo::make_model(config.model);
+  const QConfig qconfig =
+      qconfig_file.empty() ? calibration_qconfig(config, "percentile") : load_qconfig(qconfig_file);
+  ModelMeta float_meta;
+  float_meta.model =
+      is_onnx_path(config.model) ? std::filesystem::absolute(config.model).string() : config.model;
+  const Model float_net = build_model(float_meta);
   ModelMeta meta;
-  zoo::Classifier model = prepare_from_float(config, *float_net, recipe, &meta);
-  std::cout << format_qconfig_table(check_qconfig(*model));
+  Model model = prepare_from_float(config, float_net, qconfig, &meta);
+  std::cout << format_qconfig_table(check_qconfig(*model.module));
+  return 0;
+}
+
+int infer_command(const RunConfig& config, const std::string& model_path,
+                  const std::string& checkpoint, const std::string& input,
+                  const std::string& output, const std::string& engine,
+                  const std::string& requantization) {
+  TORCH_CHECK(engine == "sim" || engine == "int" || engine == "ort", "infer: unknown engine '",
+              engine,
+              "'; valid engines: sim (calq's simulation), int (integer engine), ort "
+              "(ONNX Runtime on the QDQ export)");
+  const int threads = config.threads > 0 ? static_cast<int>(config.threads) : 1;
+  at::set_num_threads(threads);
+  const at::Tensor x = util::read_npy(input).to(at::kFloat);
+  Model model;
+  bool prepared = false;
+  if (!checkpoint.empty()) {
+    ModelMeta meta;
+    model = load_model(checkpoint, &meta);
+    prepared = meta.prepared;
+  } else {
+    TORCH_CHECK(!model_path.empty(), "infer: give --model FILE.onnx or --checkpoint FILE");
+    ModelMeta meta;
+    meta.model =
+        is_onnx_path(model_path) ? std::filesystem::absolute(model_path).string() : model_path;
+    model = build_model(meta);
+  }
+  TORCH_CHECK(x.dim() >= 1, "infer: '", input, "' holds a scalar; give a batch [N, ...]");
+  check_data_fits(model, x.sizes().slice(1).vec(), "infer --input '" + input + "'");
+  TORCH_CHECK(engine == "sim" || prepared, "infer: engine '", engine,
+              "' needs a prepared model (--checkpoint of a calibrated or QAT model)");
+  std::vector<at::Tensor> outputs;
+  if (engine == "sim") {
+    if (prepared) {
+      set_fake_quantize(*model.module, FakeQuantState::VALIDATION);
+    } else {
+      model.module->eval();
+    }
+    torch::NoGradGuard no_grad;
+    outputs = model.forward_all(x);
+  } else {
+    const Trace t = trace_model(model);
+    link_input_quantizers(t);
+    if (engine == "int") {
+      outputs = deploy::run_integer(*model.module, t, {x},
+                                    deploy::IntegerEngineOptions().requantization(
+                                        deploy::requantization_from_string(requantization)))
+                    .outputs;
+    } else {
+      const std::string onnx = output + ".qdq.onnx";
+      deploy::export_qdq(*model.module, t, onnx);
+      deploy::OrtOptions options;
+      options.threads = threads;
+      outputs = deploy::run_onnxruntime(onnx, {x}, options).outputs;
+      std::filesystem::remove(onnx);
+    }
+  }
+  TORCH_CHECK(!outputs.empty(), "infer: the model produced no output");
+  const bool npz = output.size() > 4 && output.substr(output.size() - 4) == ".npz";
+  if (npz) {
+    // Every output, by the model's output names (ONNX graph outputs; "output" for the zoo).
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const std::string name =
+          i < model.output_names.size() && outputs.size() == model.output_names.size()
+              ? model.output_names[i]
+              : "output" + std::to_string(i);
+      named.emplace_back(name, outputs[i].to(at::kFloat));
+    }
+    util::write_npz(output, named);
+  } else {
+    util::write_npy(output, outputs[0].to(at::kFloat));
+  }
+  std::cout << "infer (" << engine << "): " << input << " " << x.sizes() << " -> " << output << " ("
+            << outputs.size() << (npz ? " outputs" : " output, the first") << "; first "
+            << outputs[0].sizes() << ")\n";
   return 0;
 }
 

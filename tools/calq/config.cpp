@@ -54,8 +54,12 @@ void RunConfig::validate() const {
   weight_dtype();
   activation_dtype();
   const auto& models = zoo::model_names();
-  TORCH_CHECK(std::find(models.begin(), models.end(), model) != models.end(), "--model: unknown ",
-              "model '", model, "'; valid models: cnn, resnet, mobilenet");
+  const bool onnx_file = model.size() > 5 && model.substr(model.size() - 5) == ".onnx";
+  TORCH_CHECK(onnx_file || std::find(models.begin(), models.end(), model) != models.end(),
+              "--model: unknown model '", model,
+              "'; valid models: cnn, resnet, mobilenet, or a path to an .onnx file");
+  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, "--size must be two positive ",
+              "numbers H W, got ", size.size(), " values");
   TORCH_CHECK(epochs >= 1, "--epochs must be >= 1, got ", epochs);
   TORCH_CHECK(qat_epochs >= 1, "--qat-epochs must be >= 1, got ", qat_epochs);
   TORCH_CHECK(calib_batches >= 1, "--calib-batches must be >= 1, got ", calib_batches);
@@ -73,13 +77,11 @@ void RunConfig::validate() const {
               val_size);
   TORCH_CHECK(!out.empty(), "--out must name a folder");
   TORCH_CHECK(!observers.empty(), "--observers must name at least one observer");
-  TORCH_CHECK(!methods.empty(), "--methods must name at least one fake-quant method");
+  TORCH_CHECK(!methods.empty(), "--methods must name at least one fake-quant method, or none");
+  TORCH_CHECK(qat_loss == "auto" || qat_loss == "cross_entropy" || qat_loss == "distillation",
+              "--qat-loss must be auto, cross_entropy or distillation, got '", qat_loss, "'");
   // Names are checked up front (errors list the valid ones), not after an hour of training.
   march_from_string(march);
-  for (const auto& observer : observers) {
-    if (observer == "auto") continue;  // calq::analysis::auto_recipe
-    get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();
-  }
   analysis::relu6_policy_from_string(cle_relu6);
   analysis::promotion_from_string(promotion);
   if (target != "accelerator") {
@@ -90,9 +92,30 @@ void RunConfig::validate() const {
                   "'; valid targets: accelerator, ort-cpu");
     }
   }
-  for (const auto& method : methods) {
-    get_default_qconfig(method, std::string("fake_quant"), qat_observer).validate();
+  for (const auto& observer : observers) {
+    if (observer == "auto") continue;  // calq::analysis::auto_recipe
+    get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();
   }
+  for (const auto& method : qat_methods()) {
+    get_default_qconfig(method, std::string("fake_quant"),
+                        qat_observer == "calibrated" ? std::string("min_max") : qat_observer)
+        .validate();
+  }
+}
+
+std::vector<std::string> RunConfig::qat_methods() const {
+  std::vector<std::string> out;
+  for (const auto& m : methods) {
+    if (m != "none") out.push_back(m);
+  }
+  return out;
+}
+
+bool RunConfig::distills(bool labelled) const {
+  TORCH_CHECK(labelled || qat_loss != "cross_entropy",
+              "--qat-loss cross_entropy needs labelled data; this data has no labels (use auto "
+              "or distillation)");
+  return qat_loss == "distillation" || (qat_loss == "auto" && !labelled);
 }
 
 nlohmann::json RunConfig::to_json() const {
@@ -114,10 +137,19 @@ nlohmann::json RunConfig::to_json() const {
           {"qat_schedule", qat_schedule},
           {"qat_freeze_bn_epochs", qat_freeze_bn_epochs},
           {"val_size", val_size},
+          {"data", data},
+          {"test_data", test_data},
+          {"size", size},
+          {"channels", channels},
+          {"order", order},
+          {"mean", mean},
+          {"std", std},
+          {"exclude", exclude},
           {"march", march},
           {"observers", observers},
           {"methods", methods},
           {"qat_observer", qat_observer},
+          {"qat_loss", qat_loss},
           {"cle", cle},
           {"cle_relu6", cle_relu6},
           {"bias_correction", bias_correction},
@@ -162,10 +194,19 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("qat_schedule", qat_schedule);
     get("qat_freeze_bn_epochs", qat_freeze_bn_epochs);
     get("val_size", val_size);
+    get("data", data);
+    get("test_data", test_data);
+    get("size", size);
+    get("channels", channels);
+    get("order", order);
+    get("mean", mean);
+    get("std", std);
+    get("exclude", exclude);
     get("march", march);
     get("observers", observers);
     get("methods", methods);
     get("qat_observer", qat_observer);
+    get("qat_loss", qat_loss);
     get("cle", cle);
     get("cle_relu6", cle_relu6);
     get("bias_correction", bias_correction);

@@ -1,7 +1,7 @@
-// calq run: the seed's eleven steps on the embedded default, for every observer and method.
-// Every choice (the best observer, the best method) is made on the validation split held out
-// from the training images; the test set only measures what was chosen, with paired
-// confidence intervals for every difference the report names.
+// calq run: the seed's eleven steps on the embedded default or a user's ONNX model and data, for
+// every observer and method, then deployment. Every choice (the best observer, the best method)
+// is made on the validation split held out from the training data; the test set only measures
+// what was chosen, with paired confidence intervals for every difference the report names.
 #include <filesystem>
 #include <iostream>
 
@@ -11,6 +11,8 @@
 #include "calq/util/atomic_file.h"
 #include "calq/util/timer.h"
 #include "commands.h"
+#include "deploy_step.h"
+#include "recipe_steps.h"
 #include "report.h"
 #include "steps.h"
 
@@ -64,40 +66,51 @@ std::string best_by_validation(const nlohmann::json& results, const std::string&
 int run_command(const RunConfig& config) {
   util::Timer total;
   Workspace ws = open_workspace(config);
-  std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train.size()
-            << " training / " << ws.validation.size() << " validation / " << ws.test.size()
-            << " test images, " << at::get_num_threads() << " threads -> " << config.out << "\n";
+  std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train->size()
+            << " training / " << ws.validation->size() << " validation / "
+            << (ws.test ? ws.test->size() : 0) << " test examples"
+            << (ws.labelled ? "" : " (no labels: agreement with the float model)") << ", "
+            << at::get_num_threads() << " threads -> " << config.out << "\n";
   nlohmann::json results = previous_results(config);
   results["config"] = config.to_json();
   results["config"]["threads_used"] = at::get_num_threads();
-  results["data"] = {
-      {"train", ws.train.size()}, {"validation", ws.validation.size()}, {"test", ws.test.size()}};
+  results["data"] = ws.describe();
+  results["data"]["train"] = ws.train->size();
+  results["data"]["validation"] = ws.validation->size();
+  results["data"]["test"] = ws.test ? ws.test->size() : 0;
+  results["data"]["source"] = ws.train->describe();
 
-  // Step 1: the float model.
+  // Step 1: the float model (trained for the zoo; the user's model as it is).
   double float_seconds = 0.0;
   bool reused = false;
-  zoo::Classifier float_net = float_model(ws, &float_seconds, &reused);
+  Model float_net = float_model(ws, &float_seconds, &reused);
+  const pipeline::Forward reference = float_net.forward;
+  const pipeline::Forward* against = ws.labelled ? nullptr : &reference;
+  auto evaluate = [&](Model& model, const data::SourcePtr& data, bool quantized,
+                      const std::string& label) {
+    return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against, 512,
+                                   label);
+  };
   if (!has(results, "float", "val_top1") || !reused) {
-    results["float"] = {
-        {"val_top1", pipeline::evaluate(*float_net, ws.validation, false, 512, "val float")},
-        {"seconds_per_epoch", float_seconds},
-        {"reused_checkpoint", reused}};
+    results["float"] = {{"val_top1", evaluate(float_net, ws.validation, false, "val float").top1},
+                        {"seconds_per_epoch", float_seconds},
+                        {"reused_checkpoint", reused}};
     save_results(config, results);
   }
 
   // Steps 2-6 for every activation observer: prepare, calibrate, validate on held-out data.
-  const std::vector<at::Tensor> calibration = calibration_images(ws);
   for (const std::string& observer : config.observers) {
     const std::string path = config.out + "/calibrated/" + observer + ".pt";
     if (has(results, "calibration", observer) && std::filesystem::exists(path)) continue;
     ModelMeta meta;
-    zoo::Classifier model;
+    Model model;
     nlohmann::json search;
     util::Timer timer;
     if (observer == "auto") {
-      // Chooses on the validation split by top-1, like every other choice of calq run, so it
-      // cannot end below the best single observer there (each is one of its candidates).
-      AutoCalibration chosen = auto_calibrate(ws, *float_net, calibration, /*labeled=*/true);
+      // Chooses on the validation split by top-1 (agreement without labels), like every other
+      // choice of calq run, so it cannot end below the best single observer there (each is
+      // one of its candidates).
+      AutoCalibration chosen = auto_calibrate(ws, float_net, /*labelled=*/true);
       std::cerr << chosen.result.summary();
       model = chosen.model;
       meta = chosen.meta;
@@ -107,14 +120,19 @@ int run_command(const RunConfig& config) {
       search["recipe_file"] = config.out + "/calibrated/auto.recipe.json";
     } else {
       const analysis::Recipe recipe = calibration_recipe(config, observer);
-      model = prepare_from_float(config, *float_net, recipe, &meta);
-      calibrate_with(*model, recipe, calibration);
+      model = prepare_from_float(config, float_net, recipe, &meta);
+      if (recipe.steps.cross_layer_equalization() || recipe.steps.bias_correction()) {
+        calibrate_with_recipe(ws, model, recipe);
+      } else {
+        calibrate_model(ws, model);
+      }
     }
     const double seconds = timer.seconds();
-    const double top1 = pipeline::evaluate(*model, ws.validation, true, 512, "val " + observer);
-    save_model(*model, meta, path);
-    results["calibration"][observer] = {
-        {"val_top1", top1}, {"seconds", seconds}, {"clamped_scales", clamped_scales(*model)}};
+    const double top1 = evaluate(model, ws.validation, true, "val " + observer).top1;
+    save_model(model, meta, path);
+    results["calibration"][observer] = {{"val_top1", top1},
+                                        {"seconds", seconds},
+                                        {"clamped_scales", clamped_scales(*model.module)}};
     if (!search.is_null()) results["calibration"][observer]["auto"] = search;
     save_results(config, results);
     std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
@@ -122,63 +140,91 @@ int run_command(const RunConfig& config) {
   const std::string best = best_by_validation(results, "calibration", config.observers);
   results["best_observer"] = best;
   ModelMeta calibrated_meta;
-  zoo::Classifier calibrated =
-      load_model(config.out + "/calibrated/" + best + ".pt", &calibrated_meta);
+  Model calibrated = load_model(config.out + "/calibrated/" + best + ".pt", &calibrated_meta);
 
-  // Steps 7-11 for every method: fresh QAT model, load the best calibration, train, validate.
-  for (const std::string& method : config.methods) {
+  // Steps 7-11 for every method: fresh QAT model, load the best calibration, train (labels, or
+  // distillation from the float model), validate.
+  for (const std::string& method : config.qat_methods()) {
     const std::string path = config.out + "/qat/" + method + ".pt";
     if (has(results, "qat", method) && std::filesystem::exists(path)) continue;
     ModelMeta meta;
-    zoo::Classifier model = prepare_from_float(
-        config, *float_net, qat_recipe(config, method, &calibrated_meta.recipe), &meta);
-    copy_float_state(*calibrated, *model);  // equalized / bias-corrected weights, if any
-    const LoadReport report = load_observer_params(*calibrated, *model);
+    // The calibration's per-layer grids (auto's, unsigned ones) switched to the QAT method.
+    analysis::Recipe recipe = calibrated_meta.recipe().for_qat(
+        method, method == "lsq" ? "lsq" : "fake_quant",
+        config.qat_observer == "calibrated" ? "" : config.qat_observer);
+    recipe.global = qat_qconfig(config, method, calibrated_meta.qconfig.activation->observer);
+    Model model = prepare_from_float(config, float_net, recipe, &meta);
+    copy_float_state(*calibrated.module, *model.module);  // equalized / corrected weights
+    const LoadReport report = load_observer_params(*calibrated.module, *model.module);
     TORCH_CHECK(report.ok(), "qat ", method,
                 ": the calibration does not fit the QAT model: ", report.str());
-    auto trained = pipeline::train(*model, ws.train, qat_train_options(config, method));
-    const double top1 = pipeline::evaluate(*model, ws.validation, true, 512, "val qat " + method);
-    save_model(*model, meta, path);
+    float_net.module->eval();
+    auto trained =
+        pipeline::train(*model.module, model.forward, ws.train, qat_train_options(config, method),
+                        config.distills(ws.labelled) ? &reference : nullptr);
+    const double top1 = evaluate(model, ws.validation, true, "val qat " + method).top1;
+    save_model(model, meta, path);
     std::filesystem::remove(qat_resume_checkpoint(config, method));
-    results["qat"][method] = {{"val_top1", top1},
-                              {"seconds_per_epoch", trained.seconds_per_epoch},
-                              {"load",
-                               {{"copied_entries", report.copied.size()},
-                                {"converted", report.converted},
-                                {"not_applicable_entries", report.not_applicable.size()}}},
-                              {"clamped_scales", clamped_scales(*model)}};
+    results["qat"][method] = {
+        {"val_top1", top1},
+        {"seconds_per_epoch", trained.seconds_per_epoch},
+        {"loss", config.distills(ws.labelled) ? "distillation" : "cross_entropy"},
+        {"load",
+         {{"copied_entries", report.copied.size()},
+          {"converted", report.converted},
+          {"not_applicable_entries", report.not_applicable.size()}}},
+        {"clamped_scales", clamped_scales(*model.module)}};
     save_results(config, results);
     std::cerr << "qat " << method << ": validation top-1 " << top1 << "%\n";
   }
-  results["best_method"] = best_by_validation(results, "qat", config.methods);
+  if (!config.qat_methods().empty()) {
+    results["best_method"] = best_by_validation(results, "qat", config.qat_methods());
+  }
 
   // The test set, once, for the float model and what was chosen or trained: top-1 and paired
-  // comparisons on the same images.
-  const pipeline::Evaluation float_test =
-      pipeline::evaluate_each(*float_net, ws.test, false, 512, "test float");
-  results["float"]["test_top1"] = float_test.top1;
-  const pipeline::Evaluation calibrated_test =
-      pipeline::evaluate_each(*calibrated, ws.test, true, 512, "test " + best);
-  results["chosen_calibration"] = {{"observer", best},
-                                   {"test_top1", calibrated_test.top1},
-                                   {"vs_float", comparison_json(pipeline::compare_paired(
-                                                    float_test.correct, calibrated_test.correct))}};
-  for (const std::string& method : config.methods) {
-    zoo::Classifier model = load_model(config.out + "/qat/" + method + ".pt");
-    const pipeline::Evaluation test =
-        pipeline::evaluate_each(*model, ws.test, true, 512, "test qat " + method);
-    results["qat"][method]["test_top1"] = test.top1;
-    results["qat"][method]["vs_float"] =
-        comparison_json(pipeline::compare_paired(float_test.correct, test.correct));
-    results["qat"][method]["vs_calibration"] =
-        comparison_json(pipeline::compare_paired(calibrated_test.correct, test.correct));
+  // comparisons on the same examples.
+  if (ws.test) {
+    const pipeline::Evaluation float_test = evaluate(float_net, ws.test, false, "test float");
+    results["float"]["test_top1"] = float_test.top1;
+    const pipeline::Evaluation calibrated_test =
+        evaluate(calibrated, ws.test, true, "test " + best);
+    results["chosen_calibration"] = {
+        {"observer", best},
+        {"test_top1", calibrated_test.top1},
+        {"vs_float",
+         comparison_json(pipeline::compare_paired(float_test.correct, calibrated_test.correct))}};
+    for (const std::string& method : config.qat_methods()) {
+      Model model = load_model(config.out + "/qat/" + method + ".pt");
+      const pipeline::Evaluation test = evaluate(model, ws.test, true, "test qat " + method);
+      results["qat"][method]["test_top1"] = test.top1;
+      results["qat"][method]["vs_float"] =
+          comparison_json(pipeline::compare_paired(float_test.correct, test.correct));
+      results["qat"][method]["vs_calibration"] =
+          comparison_json(pipeline::compare_paired(calibrated_test.correct, test.correct));
+    }
+  }
+  save_results(config, results);
+
+  // Deployment: the chosen calibration and every QAT model as QDQ ONNX, run by ONNX Runtime and
+  // the integer engine.
+  {
+    nlohmann::json runtime;
+    results["deploy"]["calibrated_" + best] = deploy_and_check(
+        ws, calibrated, float_net, config.out + "/deploy/calibrated_" + best + ".onnx", &runtime);
+    for (const std::string& method : config.qat_methods()) {
+      const Model model = load_model(config.out + "/qat/" + method + ".pt");
+      results["deploy"]["qat_" + method] = deploy_and_check(
+          ws, model, float_net, config.out + "/deploy/qat_" + method + ".onnx", &runtime);
+    }
+    results["deploy_runtime"] = runtime;
+    save_results(config, results);
   }
 
   util::write_file_atomic(config.out + "/scales_calibrated_" + best + ".json",
-                          export_scales(*calibrated).dump(2) + "\n");
+                          export_scales(*calibrated.module).dump(2) + "\n");
   results["seconds_total"] = total.seconds();  // this invocation (a resumed run counts its part)
   save_results(config, results);
-  write_report(ws, results, *float_net, *calibrated);
+  write_report(ws, results, float_net, calibrated);
   std::cout << summary_table(results);
   std::cout << "results: " << config.out << "/results.json, report: " << config.out
             << "/report.md\n";

@@ -56,7 +56,9 @@ struct Recipe {
   /// (weight observers kept); grid keywords (dtype, unsigned, quant range, ...) are kept, so
   /// a QAT model built from it has the calibration's grids (int16 promotions, unsigned
   /// activations, float layers) and load_observer_params copies instead of converting.
-  /// Observer keywords that the new observer does not take are dropped. Steps are kept: they
+  /// An empty `activation_observer` keeps each activation recipe's own observer and its
+  /// keywords (QAT goes on observing as the calibration did, per layer). Observer keywords
+  /// that the new observer does not take are dropped. Steps are kept: they
   /// say how the calibrated weights were made (and an equalization's ReLU6 -> ReLU, which
   /// the QAT model's architecture needs); QAT does not run them again.
   Recipe for_qat(const std::string& activation_method, const std::string& weight_method,

@@ -22,6 +22,11 @@ class CallRecorder {
   virtual ~CallRecorder() = default;
   virtual void record(const QuantModuleImpl& module, const std::vector<at::Tensor>& inputs,
                       const at::Tensor& output) = 0;
+  /// Whether quantizers pass values through while this recorder is active (recording()):
+  /// true for a trace, which records structure. A recorder that observes what the model
+  /// computes (per-layer analysis, bias correction) returns false, so the quantizers act as
+  /// their states say.
+  virtual bool structural() const { return true; }
 };
 
 /// Makes `recorder` this thread's recorder until the scope ends (scopes nest).
@@ -35,6 +40,11 @@ class RecordingScope {
  private:
   CallRecorder* previous_;
 };
+
+/// True while calq::trace (a structural recorder) runs on this thread. Quantizers then pass values
+/// through and observe nothing: a trace records structure, and an example input (often zeros) must
+/// not become part of a calibration.
+bool recording();
 
 /// A quantizable module. Until prepared it computes exactly what its torch::nn counterpart
 /// computes. prepare() registers up to two FakeQuantize children:
