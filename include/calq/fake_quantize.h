@@ -22,8 +22,12 @@ namespace calq {
 ///   QAT:         observer updates (on x.detach()), fake quantization on.
 ///   CALIBRATION: observer updates, output = input (float, the same tensor).
 ///   VALIDATION:  observer frozen, fake quantization on with the current scale.
-enum class FakeQuantState { QAT, CALIBRATION, VALIDATION };
-/// "qat" / "calibration" / "validation" (also upper case); unknown names throw listing them.
+///   FLOAT:       observer frozen, output = input: this point computes in float while the
+///                calibration it holds is kept (per-layer analysis quantizes one point at a
+///                time, or all but one, without changing any scale). Not in the seed.
+enum class FakeQuantState { QAT, CALIBRATION, VALIDATION, FLOAT };
+/// "qat" / "calibration" / "validation" / "float" (also upper case); unknown names throw
+/// listing them.
 FakeQuantState fake_quant_state_from_string(const std::string& name);
 std::string to_string(FakeQuantState state);
 
@@ -124,7 +128,7 @@ class FakeQuantizeImpl : public torch::nn::Module {
                    FakeQuantizeOptions options = {});
 
   /// Applies the current state's behaviour. x: floating tensor, any shape (per-channel:
-  /// dim > ch_axis). Returns x itself in CALIBRATION.
+  /// dim > ch_axis). Returns x itself in CALIBRATION and FLOAT.
   at::Tensor forward(const at::Tensor& x);
 
   /// Default state: QAT.

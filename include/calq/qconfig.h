@@ -19,7 +19,9 @@ namespace calq {
 ///             "quant_max" (override the dtype's range; a missing end keeps the dtype's),
 ///             "rounding" ("half_to_even" | "half_up"), "power_of_two" (bool),
 ///             "symmetric" (bool, default true), "per_channel" (bool, default is_weight),
-///             "ch_axis" (int, default 0);
+///             "ch_axis" (int, default 0), "unsigned" (bool, default false: the grid
+///             [0, 2^b - 1] with zero point 0 for outputs known non-negative, eq. 1c;
+///             prepare_qat refuses it elsewhere);
 ///   observer: the observer's keys (registry.h, e.g. "percentile", "bins",
 ///             "averaging_constant") and "skip_nonfinite";
 ///   method:   lsq "grad_factor"; pact "alpha", "init_alpha_from_observer".

@@ -54,7 +54,7 @@ void prepare_qat(torch::nn::Module& model, const QConfig& global,
                  const QConfigOverrides& overrides = {}, March march = March::bayes);
 
 /// Sets every FakeQuantize of `model` to `state` and the other modules to training mode
-/// (QAT) or eval mode (CALIBRATION, VALIDATION: batch norm uses running statistics, dropout
+/// (QAT) or eval mode (CALIBRATION, VALIDATION, FLOAT: batch norm uses running statistics, dropout
 /// is off). Throws if the model was not prepared.
 void set_fake_quantize(torch::nn::Module& model, FakeQuantState state);
 

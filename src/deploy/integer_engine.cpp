@@ -38,7 +38,10 @@ EngineValue grid_of(const FakeQuantizeImpl& fq, const Profile& profile) {
   TORCH_CHECK(s.numel() == 1, "integer engine: per-channel activations are not supported");
   v.scale = s.item<float>();
   v.spec = fq.spec();
-  const bool shifted = v.spec.dtype() != QuantDtype::qint16 && profile.uint8_activations;
+  // Signed 8-bit grids are stored shifted to uint8; unsigned grids are uint8 / uint16 as they
+  // are (zero point 0).
+  const bool shifted =
+      v.spec.dtype() != QuantDtype::qint16 && !v.spec.unsigned_grid() && profile.uint8_activations;
   const int64_t shift = shifted ? 128 : 0;
   v.zero = z.item<int64_t>() + shift;
   v.lo = v.spec.quant_min() + shift;

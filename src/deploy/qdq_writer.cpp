@@ -14,20 +14,22 @@ namespace deploy {
 namespace detail {
 namespace {
 
-int32_t storage_type(QuantDtype dtype) {
-  switch (dtype) {
-    case QuantDtype::qint4:  // int4 values in int8 storage (numerically identical after DQ)
+int32_t storage_type(const QuantSpec& spec) {
+  switch (spec.dtype()) {
+    case QuantDtype::qint4:  // 4-bit values in 8-bit storage (numerically identical after DQ)
     case QuantDtype::qint8:
-      return ::onnx::TensorProto::INT8;
+      return spec.unsigned_grid() ? ::onnx::TensorProto::UINT8 : ::onnx::TensorProto::INT8;
     case QuantDtype::qint16:
-      return ::onnx::TensorProto::INT16;
+      return spec.unsigned_grid() ? ::onnx::TensorProto::UINT16 : ::onnx::TensorProto::INT16;
   }
   TORCH_INTERNAL_ASSERT(false, "unknown dtype");
 }
 
 bool storage_range_is_quant_range(const QuantSpec& spec) {
-  return spec.quant_min() == (spec.dtype() == QuantDtype::qint16 ? -32768 : -128) &&
-         spec.quant_max() == (spec.dtype() == QuantDtype::qint16 ? 32767 : 127);
+  const bool wide = spec.dtype() == QuantDtype::qint16;
+  if (spec.unsigned_grid())
+    return spec.quant_min() == 0 && spec.quant_max() == (wide ? 65535 : 255);
+  return spec.quant_min() == (wide ? -32768 : -128) && spec.quant_max() == (wide ? 32767 : 127);
 }
 
 // The integers a weight quantizer produces for `weight` (exactly what the simulation uses in
@@ -90,7 +92,7 @@ std::pair<std::string, std::string> QdqWriter::qparams(const std::string& base, 
   const bool per_tensor = !q.spec.per_channel();
   const at::Tensor scale = per_tensor ? q.scale.reshape({}) : q.scale;
   at::Tensor zero = per_tensor ? q.zero_point.reshape({}) : q.zero_point;
-  int32_t type = storage_type(q.spec.dtype());
+  int32_t type = storage_type(q.spec);
   if (activation && type == ::onnx::TensorProto::INT8 && options_.profile().uint8_activations) {
     zero = zero.to(at::kInt) + 128;
     type = ::onnx::TensorProto::UINT8;
@@ -140,9 +142,10 @@ Value QdqWriter::close(const std::string& path, const FakeQuantize& quantizer,
     report_.float_kernels.push_back(path);
   }
   if (activation == nn::Activation::none) return quantize(op_output, q, path);
-  if (options_.profile().quantize_before_relu) {
+  if (options_.profile().quantize_before_relu && !q.spec.unsigned_grid()) {
     // op -> Q(s, z) -> DQ -> activation -> Q(s, z) -> DQ: the runtime fuses the first group
-    // into its integer kernel; the activation of multiples of s requantizes exactly.
+    // into its integer kernel; the activation of multiples of s requantizes exactly. (An
+    // unsigned grid's zero point is the type's minimum: the runtime fuses op -> Relu -> Q.)
     const Value pre = quantize(op_output, q, path + "/pre_activation");
     return quantize(apply_activation(activation, pre.name, path), q, path);
   }
@@ -180,9 +183,9 @@ QdqWriter::WeightAndBias QdqWriter::weight_and_bias(
       ": per-channel weights must be quantized along the output channels ",
       "(ch_axis 0) to be exported; got ", wq.spec.str());
   const auto names = qparams(path + "/weight", wq, /*activation=*/false);
-  const std::string w_int = b_.initializer(path + "/weight_quantized",
-                                           onnx_layout(integer_weight(*wfq, weight.detach(), wq)),
-                                           storage_type(wq.spec.dtype()));
+  const std::string w_int =
+      b_.initializer(path + "/weight_quantized",
+                     onnx_layout(integer_weight(*wfq, weight.detach(), wq)), storage_type(wq.spec));
   std::vector<Attribute> axis_attribute;
   if (wq.spec.per_channel()) axis_attribute.push_back(Attribute::integer("axis", axis));
   // int16 weights need the profile's int16 DequantizeLinear (com.microsoft for ORT) too.

@@ -35,6 +35,11 @@ void QuantModuleImpl::prepare(const QConfig& resolved) {
     weight_fake_quant_ = register_module("weight_fake_quant", resolved.weight->create());
   }
   if (is_quantization_point() && resolved.activation) {
+    TORCH_CHECK(!resolved.activation->spec().unsigned_grid() || output_non_negative(), type_name_,
+                ": an unsigned activation grid (\"unsigned\": true) needs an output ",
+                "known to be non-negative (a closing ReLU / ReLU6: ConvBnReLU2d, LinearReLU, ",
+                "AddReLU, ReLU, ...); this output can be negative. Give this module a signed ",
+                "recipe (e.g. unsigned only in per-type or per-name overrides)");
     output_fake_quant_ = register_module("output_fake_quant", resolved.activation->create());
   }
   resolved_qconfig_ = resolved;

@@ -34,7 +34,8 @@ struct StateName {
 };
 constexpr StateName kStates[] = {{FakeQuantState::QAT, "qat"},
                                  {FakeQuantState::CALIBRATION, "calibration"},
-                                 {FakeQuantState::VALIDATION, "validation"}};
+                                 {FakeQuantState::VALIDATION, "validation"},
+                                 {FakeQuantState::FLOAT, "float"}};
 
 struct MethodName {
   FakeQuantMethod method;
@@ -147,7 +148,7 @@ FakeQuantizeImpl::FakeQuantizeImpl(FakeQuantMethod method, observers::Observer o
   }
   zero_point_ = register_buffer("zero_point", at::empty({0}, at::kInt));
   if (method_ == FakeQuantMethod::pact) {
-    TORCH_CHECK(!spec().per_channel() && spec().symmetric(), context,
+    TORCH_CHECK(!spec().per_channel() && spec().symmetric() && !spec().unsigned_grid(), context,
                 " is per-tensor symmetric only (one learned clip alpha); got spec ", spec().str(),
                 ". For weights use fake_quant or lsq, or set per_channel false");
     const double alpha = options_.pact_alpha();
@@ -336,6 +337,8 @@ at::Tensor FakeQuantizeImpl::quantize(const at::Tensor& x) {
       break;
     case FakeQuantState::VALIDATION:
       break;
+    case FakeQuantState::FLOAT:
+      return x;
   }
   prepare_qparams(had_data);
   switch (method_) {

@@ -42,7 +42,9 @@ FixedScaleObserverImpl::FixedScaleObserverImpl(ObserverOptions common,
   const at::Tensor scale = qparams_impl().first.to(at::kDouble);
   const at::Tensor zero = at::tensor(zero_points(), at::kDouble);
   const double half_steps = static_cast<double>(s.quant_max() - s.quant_min()) / 2.0;
-  const at::Tensor affine = zero.ne(0);
+  // The range the scale represents: -+s * half the steps on a symmetric grid (eq. 1);
+  // [(quant_min - z) s, (quant_max - z) s] on an affine or unsigned grid (eq. 1c).
+  const at::Tensor affine = s.unsigned_grid() ? at::ones_like(zero, at::kBool) : zero.ne(0);
   assign(min_val_,
          at::where(affine, (s.quant_min() - zero) * scale, -scale * half_steps).to(at::kFloat));
   assign(max_val_,

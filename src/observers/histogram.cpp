@@ -258,7 +258,9 @@ double percentile_threshold(const AbsHistogram& h, double percentile) {
 }
 
 int64_t kl_num_quantized_bins(const QuantSpec& spec) {
-  return (spec.quant_max() - spec.quant_min() + 1) / 2;
+  // Levels on [0, t]: half of a signed grid's, every level of an unsigned one.
+  const int64_t levels = spec.quant_max() - spec.quant_min() + 1;
+  return spec.unsigned_grid() ? levels : levels / 2;
 }
 
 std::vector<double> kl_divergences(const AbsHistogram& h, int64_t nq) {

@@ -15,7 +15,7 @@ namespace {
 const std::vector<std::string>& grid_keys() {
   static const std::vector<std::string> keys = {"dtype",       "quant_min",    "quant_max",
                                                 "rounding",    "power_of_two", "symmetric",
-                                                "per_channel", "ch_axis"};
+                                                "per_channel", "ch_axis",      "unsigned"};
   return keys;
 }
 
@@ -54,9 +54,12 @@ QuantSpec FakeQuantConfig::spec() const {
   const std::string context = slot(is_weight) + " qconfig (" + method + " / " + observer + ")";
   detail::check_kwargs(qkwargs, valid_keys(), context);
   QuantSpec s(quant_dtype_from_string(detail::kwarg_string(qkwargs, "dtype", "qint8", context)));
+  s.unsigned_grid(detail::kwarg_bool(qkwargs, "unsigned", false, context));
   if (qkwargs.contains("quant_min") || qkwargs.contains("quant_max")) {
-    s.quant_range(detail::kwarg_int(qkwargs, "quant_min", default_quant_min(s.dtype()), context),
-                  detail::kwarg_int(qkwargs, "quant_max", default_quant_max(s.dtype()), context));
+    s.quant_range(detail::kwarg_int(qkwargs, "quant_min",
+                                    default_quant_min(s.dtype(), s.unsigned_grid()), context),
+                  detail::kwarg_int(qkwargs, "quant_max",
+                                    default_quant_max(s.dtype(), s.unsigned_grid()), context));
   }
   s.rounding(rounding_from_string(
       detail::kwarg_string(qkwargs, "rounding", to_string(Rounding::half_to_even), context)));

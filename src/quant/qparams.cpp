@@ -92,7 +92,10 @@ std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
     TORCH_CHECK(mn <= mx, "compute_qparams: min_val (", mn, ") > max_val (", mx, ") at index ", i,
                 "; min_val must not exceed max_val");
     double s = 0.0;
-    if (spec.symmetric()) {
+    if (spec.unsigned_grid()) {
+      // eq. 1c: [0, M] onto [0, quant_max] with zero point 0; negative values saturate to 0.
+      s = std::max(mx, 0.0) / (quant_max - quant_min);
+    } else if (spec.symmetric()) {
       // eq. 1: half the number of steps, (quant_max - quant_min) / 2 = 127.5 for qint8.
       s = std::max(std::abs(mn), std::abs(mx)) / ((quant_max - quant_min) / 2.0);
     } else {

@@ -85,11 +85,12 @@ std::string to_string(Rounding rounding) {
                         " has no table entry");
 }
 
-int64_t default_quant_min(QuantDtype dtype) {
-  return info(dtype).quant_min;
+int64_t default_quant_min(QuantDtype dtype, bool unsigned_grid) {
+  return unsigned_grid ? 0 : info(dtype).quant_min;
 }
-int64_t default_quant_max(QuantDtype dtype) {
-  return info(dtype).quant_max;
+int64_t default_quant_max(QuantDtype dtype, bool unsigned_grid) {
+  // 2^b - 1: the signed range's width.
+  return unsigned_grid ? info(dtype).quant_max - info(dtype).quant_min : info(dtype).quant_max;
 }
 
 QuantSpec& QuantSpec::quant_range(int64_t quant_min, int64_t quant_max) {
@@ -105,32 +106,48 @@ QuantSpec& QuantSpec::default_quant_range() {
 }
 
 int64_t QuantSpec::quant_min() const {
-  return quant_min_override_.value_or(default_quant_min(dtype_));
+  return quant_min_override_.value_or(default_quant_min(dtype_, unsigned_grid_));
 }
 
 int64_t QuantSpec::quant_max() const {
-  return quant_max_override_.value_or(default_quant_max(dtype_));
+  return quant_max_override_.value_or(default_quant_max(dtype_, unsigned_grid_));
 }
 
+namespace {
+// "qint8" -> "quint8" on an unsigned grid (PyTorch's names for the same integer ranges).
+std::string grid_name(QuantDtype dtype, bool unsigned_grid) {
+  const std::string name = to_string(dtype);
+  return unsigned_grid ? "qu" + name.substr(1) : name;
+}
+}  // namespace
+
 void QuantSpec::validate() const {
-  const int64_t lo = default_quant_min(dtype_);
-  const int64_t hi = default_quant_max(dtype_);
+  const int64_t lo = default_quant_min(dtype_, unsigned_grid_);
+  const int64_t hi = default_quant_max(dtype_, unsigned_grid_);
+  const std::string name = grid_name(dtype_, unsigned_grid_);
   TORCH_CHECK(quant_min() >= lo && quant_max() <= hi, "quant range [", quant_min(), ", ",
-              quant_max(), "] must lie inside the ", to_string(dtype_), " range [", lo, ", ", hi,
-              "]");
+              quant_max(), "] must lie inside the ", name, " range [", lo, ", ", hi, "]");
+  TORCH_CHECK(!unsigned_grid_ || symmetric_,
+              "an unsigned grid has zero point 0 and needs symmetric = true; affine grids "
+              "choose their own zero point (set one of the two)");
+  TORCH_CHECK(!unsigned_grid_ || quant_min() == 0, "an unsigned grid starts at 0; got quant_min ",
+              quant_min(), " (real 0 must be a level of the grid)");
   TORCH_CHECK(quant_min() < quant_max(), "quant_min (", quant_min(),
               ") must be less than quant_max (", quant_max(), ")");
 }
 
 std::string QuantSpec::str() const {
   std::ostringstream out;
-  out << to_string(dtype_) << "[" << quant_min() << "," << quant_max() << "] ";
+  out << grid_name(dtype_, unsigned_grid_) << "[" << quant_min() << "," << quant_max() << "] ";
   if (per_channel_) {
     out << "per_channel(axis=" << ch_axis_ << ")";
   } else {
     out << "per_tensor";
   }
-  out << (symmetric_ ? " symmetric " : " affine ") << to_string(rounding_);
+  out << (unsigned_grid_ ? " unsigned "
+          : symmetric_   ? " symmetric "
+                         : " affine ")
+      << to_string(rounding_);
   if (power_of_two_) {
     out << " power_of_two";
   }
@@ -143,7 +160,8 @@ bool QuantSpec::operator==(const QuantSpec& other) const {
   return dtype_ == other.dtype_ && per_channel_ == other.per_channel_ &&
          ch_axis_ == other.ch_axis_ && rounding_ == other.rounding_ &&
          power_of_two_ == other.power_of_two_ && symmetric_ == other.symmetric_ &&
-         quant_min() == other.quant_min() && quant_max() == other.quant_max();
+         unsigned_grid_ == other.unsigned_grid_ && quant_min() == other.quant_min() &&
+         quant_max() == other.quant_max();
 }
 
 }  // namespace calq

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <iostream>
 
+#include "auto_calibration.h"
+#include "calq/analysis/recipe.h"
 #include "calq/deploy/integer_engine.h"
 #include "calq/deploy/onnxruntime.h"
 #include "calq/deploy/qdq_export.h"
@@ -12,6 +14,7 @@
 #include "calq/util/atomic_file.h"
 #include "calq/util/npy.h"
 #include "calq/util/timer.h"
+#include "recipe_steps.h"
 #include "steps.h"
 
 namespace calq {
@@ -46,12 +49,29 @@ int calibrate_command(const RunConfig& config, const std::string& observer,
   double seconds = 0.0;
   bool reused = false;
   Model float_net = float_model(ws, &seconds, &reused);
-  const QConfig qconfig =
-      qconfig_file.empty() ? calibration_qconfig(config, observer) : load_qconfig(qconfig_file);
   ModelMeta meta;
-  Model model = prepare_from_float(config, float_net, qconfig, &meta);
+  Model model;
   util::Timer timer;
-  calibrate_model(ws, model);
+  if (qconfig_file.empty() && observer == "auto") {
+    AutoCalibration chosen = auto_calibrate(ws, float_net, /*labelled=*/false);
+    std::cout << chosen.result.summary();
+    model = chosen.model;
+    meta = chosen.meta;
+    const std::string recipe_path = config.out + "/calibrated/auto.recipe.json";
+    analysis::save_recipe(chosen.result.recipe, recipe_path);
+    std::cout << "recipe (calibrate --qconfig / qat --qconfig accept it): " << recipe_path << "\n";
+  } else {
+    // A qconfig file may be a plain QConfig or a per-layer recipe (calq::analysis::Recipe).
+    const analysis::Recipe recipe =
+        qconfig_file.empty() ? calibration_recipe(config, observer)
+                             : with_run_options(config, analysis::load_recipe(qconfig_file));
+    model = prepare_from_float(config, float_net, recipe, &meta);
+    if (recipe.steps.cross_layer_equalization() || recipe.steps.bias_correction()) {
+      calibrate_with_recipe(ws, model, recipe);
+    } else {
+      calibrate_model(ws, model);  // streams the batches
+    }
+  }
   const double calibration_seconds = timer.seconds();
   const double val_top1 = score(ws, model, float_net, ws.validation, true).top1;
   const std::string name = qconfig_file.empty() ? observer : "custom";
@@ -94,12 +114,22 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   Model calibrated_model = load_model(calibrated, &calibrated_meta);
   TORCH_CHECK(calibrated_meta.prepared && calibrated_meta.qconfig.activation.has_value(), "qat: '",
               calibrated, "' is not a calibrated model (no quantized activations)");
-  const QConfig qconfig =
-      qconfig_file.empty()
-          ? qat_qconfig(config, method, calibrated_meta.qconfig.activation->observer)
-          : load_qconfig(qconfig_file);
+  // Without --qconfig, QAT keeps the calibration's per-layer grids (auto's observers and int16
+  // promotions, unsigned grids) with the QAT method; a --qconfig file is used as it is.
+  analysis::Recipe recipe;
+  if (qconfig_file.empty()) {
+    const QConfig global =
+        qat_qconfig(config, method, calibrated_meta.qconfig.activation->observer);
+    const std::string weight_method = method == "lsq" ? "lsq" : "fake_quant";
+    recipe = calibrated_meta.recipe().for_qat(
+        method, weight_method, config.qat_observer == "calibrated" ? "" : config.qat_observer);
+    recipe.global = global;
+  } else {
+    recipe = analysis::load_recipe(qconfig_file);
+  }
   ModelMeta meta;
-  Model model = prepare_from_float(config, float_net, qconfig, &meta);
+  Model model = prepare_from_float(config, float_net, recipe, &meta);
+  copy_float_state(*calibrated_model.module, *model.module);  // equalized / corrected weights
   const LoadReport report = load_observer_params(*calibrated_model.module, *model.module);
   std::cout << "load_observer_params: " << report.str() << "\n";
   TORCH_CHECK(report.ok(), "qat: the calibration in '", calibrated,

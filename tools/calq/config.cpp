@@ -6,6 +6,8 @@
 #include <fstream>
 #include <set>
 
+#include "calq/analysis/auto_recipe.h"
+#include "calq/deploy/profile.h"
 #include "calq/qconfig.h"
 #include "calq/workflow.h"
 #include "calq/zoo/models.h"
@@ -44,6 +46,10 @@ QuantDtype RunConfig::activation_dtype() const {
   return dtype_for_bits(split_bits(bits).second, "activation");
 }
 
+bool RunConfig::unsigned_activations() const {
+  return target != "accelerator" && deploy::profile_from_string(target).unsigned_activations;
+}
+
 void RunConfig::validate() const {
   weight_dtype();
   activation_dtype();
@@ -76,7 +82,18 @@ void RunConfig::validate() const {
               "--qat-loss must be auto, cross_entropy or distillation, got '", qat_loss, "'");
   // Names are checked up front (errors list the valid ones), not after an hour of training.
   march_from_string(march);
+  analysis::relu6_policy_from_string(cle_relu6);
+  analysis::promotion_from_string(promotion);
+  if (target != "accelerator") {
+    try {
+      deploy::profile_from_string(target);
+    } catch (const c10::Error&) {
+      TORCH_CHECK(false, "--target: unknown target '", target,
+                  "'; valid targets: accelerator, ort-cpu");
+    }
+  }
   for (const auto& observer : observers) {
+    if (observer == "auto") continue;  // calq::analysis::auto_recipe
     get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();
   }
   for (const auto& method : qat_methods()) {
@@ -132,7 +149,13 @@ nlohmann::json RunConfig::to_json() const {
           {"observers", observers},
           {"methods", methods},
           {"qat_observer", qat_observer},
-          {"qat_loss", qat_loss}};
+          {"qat_loss", qat_loss},
+          {"cle", cle},
+          {"cle_relu6", cle_relu6},
+          {"bias_correction", bias_correction},
+          {"target_drop", target_drop},
+          {"promotion", promotion},
+          {"target", target}};
 }
 
 void RunConfig::merge_json(const nlohmann::json& j) {
@@ -184,6 +207,12 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("methods", methods);
     get("qat_observer", qat_observer);
     get("qat_loss", qat_loss);
+    get("cle", cle);
+    get("cle_relu6", cle_relu6);
+    get("bias_correction", bias_correction);
+    get("target_drop", target_drop);
+    get("promotion", promotion);
+    get("target", target);
   } catch (const nlohmann::json::exception& error) {
     TORCH_CHECK(false, "--config: a setting has the wrong type: ", error.what());
   }

@@ -48,6 +48,19 @@ struct RunConfig {
   /// QAT loss: cross_entropy (labels), distillation (from the float model's outputs), or auto
   /// (cross_entropy when the data has labels).
   std::string qat_loss = "auto";
+  /// Label-free recovery steps around calibration (calq::analysis): cross-layer equalization
+  /// before, bias correction after. With --observer auto they are tried and kept only where
+  /// they score better on the held-out split.
+  bool cle = false;
+  std::string cle_relu6 = "to_relu";  ///< keep | to_relu (ReLU6 blocks around an equalized pair)
+  bool bias_correction = false;
+  /// auto: promote points until the label-free top-1 drop (disagreement with the float model
+  /// on the validation split, in points) is at most this; < 0 = no target.
+  double target_drop = -1.0;
+  std::string promotion = "int16";  ///< int16 | float
+  /// Where the model runs: "accelerator" (signed grids, the default) or an export profile
+  /// ("ort-cpu": unsigned grids after ReLU / ReLU6).
+  std::string target = "accelerator";
   bool resume = false;
   bool quiet = false;
 
@@ -57,6 +70,8 @@ struct RunConfig {
   bool distills(bool labelled) const;
   QuantDtype weight_dtype() const;
   QuantDtype activation_dtype() const;
+  /// Whether --target accepts unsigned activation grids.
+  bool unsigned_activations() const;
   /// Checks every field; throws naming the offending one and the valid values.
   void validate() const;
   nlohmann::json to_json() const;

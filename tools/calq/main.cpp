@@ -5,6 +5,7 @@
 #include <functional>
 #include <iostream>
 
+#include "analyze.h"
 #include "calq/util/allocator.h"
 #include "calq/util/progress.h"
 #include "commands.h"
@@ -74,6 +75,18 @@ void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config
   app.add_option("--qat-observer", c.qat_observer,
                  "activation observer during QAT; calibrated: the loaded calibration's own")
       ->capture_default_str();
+  app.add_flag("--cle", c.cle, "cross-layer equalization before calibration (auto: try it)");
+  app.add_option("--cle-relu6", c.cle_relu6, "ReLU6 around equalized pairs: keep | to_relu")
+      ->capture_default_str();
+  app.add_flag("--bias-correction", c.bias_correction,
+               "bias correction after calibration (auto: try it)");
+  app.add_option("--target-drop", c.target_drop,
+                 "auto: promote points until the label-free top-1 drop is at most this (pt)");
+  app.add_option("--promotion", c.promotion, "auto --target-drop promotes to: int16 | float")
+      ->capture_default_str();
+  app.add_option("--target", c.target,
+                 "accelerator (signed grids) | ort-cpu (unsigned grids after ReLU)")
+      ->capture_default_str();
   app.add_flag("--resume", c.resume, "continue an interrupted run or QAT from its checkpoints");
   app.add_flag("--quiet", c.quiet, "no progress bars");
 }
@@ -119,7 +132,8 @@ int main(int argc, char** argv) {
 
   auto* calibrate = app.add_subcommand("calibrate", "calibrate the float model and validate it");
   add_run_options(*calibrate, config, config_file);
-  calibrate->add_option("--observer", observer, "activation observer")->capture_default_str();
+  calibrate->add_option("--observer", observer, "activation observer, or auto")
+      ->capture_default_str();
   calibrate->add_option("--qconfig", qconfig_file, "qconfig JSON file (instead of --observer)");
 
   auto* evaluate = app.add_subcommand("evaluate", "top-1 accuracy of a saved model");
@@ -163,6 +177,8 @@ int main(int argc, char** argv) {
 
   std::function<int()> run_quantize;
   CLI::App* quantize = calq::cli::add_quantize_command(app, &run_quantize);
+  auto* analyze = calq::cli::add_analyze_command(
+      app, [&](CLI::App& sub) { add_run_options(sub, config, config_file); });
 
   CLI11_PARSE(app, argc, argv);
   calq::util::keep_freed_memory_mapped();
@@ -172,6 +188,7 @@ int main(int argc, char** argv) {
     calq::util::Progress::set_globally_quiet(resolved.quiet);
     if (chosen == run) return calq::cli::run_command(resolved);
     if (chosen == train) return calq::cli::train_command(resolved);
+    if (chosen == analyze) return calq::cli::analyze_command(resolved);
     if (chosen == calibrate) return calq::cli::calibrate_command(resolved, observer, qconfig_file);
     if (chosen == evaluate) return calq::cli::evaluate_command(resolved, checkpoint);
     if (chosen == qat) return calq::cli::qat_command(resolved, method, calibrated, qconfig_file);

@@ -5,12 +5,14 @@
 #include <filesystem>
 #include <iostream>
 
+#include "auto_calibration.h"
 #include "calq/pipeline/statistics.h"
 #include "calq/pipeline/training.h"
 #include "calq/util/atomic_file.h"
 #include "calq/util/timer.h"
 #include "commands.h"
 #include "deploy_step.h"
+#include "recipe_steps.h"
 #include "report.h"
 #include "steps.h"
 
@@ -101,22 +103,44 @@ int run_command(const RunConfig& config) {
     const std::string path = config.out + "/calibrated/" + observer + ".pt";
     if (has(results, "calibration", observer) && std::filesystem::exists(path)) continue;
     ModelMeta meta;
-    Model model =
-        prepare_from_float(config, float_net, calibration_qconfig(config, observer), &meta);
+    Model model;
+    nlohmann::json search;
     util::Timer timer;
-    calibrate_model(ws, model);
+    if (observer == "auto") {
+      // Chooses on the validation split by top-1 (agreement without labels), like every other
+      // choice of calq run, so it cannot end below the best single observer there (each is
+      // one of its candidates).
+      AutoCalibration chosen = auto_calibrate(ws, float_net, /*labelled=*/true);
+      std::cerr << chosen.result.summary();
+      model = chosen.model;
+      meta = chosen.meta;
+      analysis::save_recipe(chosen.result.recipe, config.out + "/calibrated/auto.recipe.json");
+      search = chosen.result.to_json();
+      search.erase("recipe");
+      search["recipe_file"] = config.out + "/calibrated/auto.recipe.json";
+    } else {
+      const analysis::Recipe recipe = calibration_recipe(config, observer);
+      model = prepare_from_float(config, float_net, recipe, &meta);
+      if (recipe.steps.cross_layer_equalization() || recipe.steps.bias_correction()) {
+        calibrate_with_recipe(ws, model, recipe);
+      } else {
+        calibrate_model(ws, model);
+      }
+    }
     const double seconds = timer.seconds();
     const double top1 = evaluate(model, ws.validation, true, "val " + observer).top1;
     save_model(model, meta, path);
     results["calibration"][observer] = {{"val_top1", top1},
                                         {"seconds", seconds},
                                         {"clamped_scales", clamped_scales(*model.module)}};
+    if (!search.is_null()) results["calibration"][observer]["auto"] = search;
     save_results(config, results);
     std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
   }
   const std::string best = best_by_validation(results, "calibration", config.observers);
   results["best_observer"] = best;
-  Model calibrated = load_model(config.out + "/calibrated/" + best + ".pt");
+  ModelMeta calibrated_meta;
+  Model calibrated = load_model(config.out + "/calibrated/" + best + ".pt", &calibrated_meta);
 
   // Steps 7-11 for every method: fresh QAT model, load the best calibration, train (labels, or
   // distillation from the float model), validate.
@@ -124,7 +148,13 @@ int run_command(const RunConfig& config) {
     const std::string path = config.out + "/qat/" + method + ".pt";
     if (has(results, "qat", method) && std::filesystem::exists(path)) continue;
     ModelMeta meta;
-    Model model = prepare_from_float(config, float_net, qat_qconfig(config, method, best), &meta);
+    // The calibration's per-layer grids (auto's, unsigned ones) switched to the QAT method.
+    analysis::Recipe recipe = calibrated_meta.recipe().for_qat(
+        method, method == "lsq" ? "lsq" : "fake_quant",
+        config.qat_observer == "calibrated" ? "" : config.qat_observer);
+    recipe.global = qat_qconfig(config, method, calibrated_meta.qconfig.activation->observer);
+    Model model = prepare_from_float(config, float_net, recipe, &meta);
+    copy_float_state(*calibrated.module, *model.module);  // equalized / corrected weights
     const LoadReport report = load_observer_params(*calibrated.module, *model.module);
     TORCH_CHECK(report.ok(), "qat ", method,
                 ": the calibration does not fit the QAT model: ", report.str());

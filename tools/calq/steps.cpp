@@ -9,6 +9,7 @@
 #include <iostream>
 #include <thread>
 
+#include "calq/analysis/equalization.h"
 #include "calq/graph/graph.h"
 #include "calq/nn/quant_module.h"
 #include "calq/onnx/import.h"
@@ -119,16 +120,30 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 
 QConfigOverrides overrides_for(const Model& model, const QConfig& global,
-                               const std::vector<std::string>& exclude) {
-  // The seed's "32-bit output": the classifier's output stays float, its weight is quantized.
-  QConfigOverrides overrides;
+                               const std::vector<std::string>& exclude,
+                               const QConfigOverrides& base = {}) {
+  // The seed's "32-bit output": the classifier's output stays float, its weight is quantized
+  // (with a recipe's own weight grid for that layer, if it has one).
+  QConfigOverrides overrides = base;
   if (!model.output_layer.empty()) {
-    QConfig last = global;
+    const auto own = base.by_name.find(model.output_layer);
+    QConfig last = own != base.by_name.end() ? own->second : global;
     last.activation = c10::nullopt;
     overrides.by_name[model.output_layer] = last;
   }
   for (const auto& entry : model.keep_float(exclude)) overrides.by_name[entry.first] = entry.second;
   return overrides;
+}
+
+// Rebuilds the architecture change of an equalization (ReLU6 -> ReLU) before prepare.
+void apply_architecture_steps(const Model& model, const analysis::RecipeSteps& steps) {
+  if (!steps.cross_layer_equalization() ||
+      steps.equalization().relu6() != analysis::Relu6Policy::to_relu) {
+    return;
+  }
+  std::vector<int64_t> shape = {1};
+  shape.insert(shape.end(), model.example_shape.begin(), model.example_shape.end());
+  analysis::replace_relu6_for_equalization(*model.module, model.forward, at::zeros(shape));
 }
 
 // Links each weighted module to its input quantizer (deployment bias in VALIDATION).
@@ -262,12 +277,25 @@ pipeline::TrainOptions qat_train_options(const RunConfig& config, const std::str
       .resume(config.resume);
 }
 
+analysis::Recipe ModelMeta::recipe() const {
+  analysis::Recipe r;
+  r.global = qconfig;
+  r.overrides = overrides;
+  r.steps = steps;
+  return r;
+}
+
 nlohmann::json ModelMeta::to_json() const {
-  return {{"model", model},
-          {"prepared", prepared},
-          {"qconfig", qconfig.to_json()},
-          {"march", march},
-          {"exclude", exclude}};
+  nlohmann::json j = {{"model", model},
+                      {"prepared", prepared},
+                      {"qconfig", qconfig.to_json()},
+                      {"march", march},
+                      {"exclude", exclude}};
+  if (!overrides.by_name.empty() || !overrides.by_type.empty() ||
+      steps.cross_layer_equalization() || steps.bias_correction()) {
+    j["recipe"] = recipe().to_json();  // per-layer recipes (auto, unsigned grids, steps)
+  }
+  return j;
 }
 
 ModelMeta ModelMeta::from_json(const nlohmann::json& j) {
@@ -278,6 +306,11 @@ ModelMeta ModelMeta::from_json(const nlohmann::json& j) {
     if (meta.prepared) meta.qconfig = QConfig::from_json(j.at("qconfig"));
     meta.march = j.value("march", std::string("bayes"));
     meta.exclude = j.value("exclude", std::vector<std::string>{});
+    if (j.contains("recipe")) {
+      const analysis::Recipe r = analysis::Recipe::from_json(j.at("recipe"));
+      meta.overrides = r.overrides;
+      meta.steps = r.steps;
+    }
   } catch (const nlohmann::json::exception& error) {
     TORCH_CHECK(false, "model description is incomplete: ", error.what());
   }
@@ -288,7 +321,9 @@ Model build_model(const ModelMeta& meta) {
   Model model = make_float_model(meta.model);
   if (meta.prepared) {
     fuse(*model.module);
-    prepare_qat(*model.module, meta.qconfig, overrides_for(model, meta.qconfig, meta.exclude),
+    apply_architecture_steps(model, meta.steps);
+    prepare_qat(*model.module, meta.qconfig,
+                overrides_for(model, meta.qconfig, meta.exclude, meta.overrides),
                 march_from_string(meta.march));
     link_for_deployment(model);
   }
@@ -361,6 +396,14 @@ Model float_model(const Workspace& ws, double* seconds_per_epoch, bool* reused) 
 
 Model prepare_from_float(const RunConfig& config, const Model& float_model, const QConfig& qconfig,
                          ModelMeta* meta_out) {
+  analysis::Recipe recipe;
+  recipe.global = qconfig;
+  return prepare_from_float(config, float_model, recipe, meta_out);
+}
+
+Model prepare_from_float(const RunConfig& config, const Model& float_model,
+                         const analysis::Recipe& recipe, ModelMeta* meta_out) {
+  const QConfig& qconfig = recipe.global;
   ModelMeta meta;
   meta.model =
       is_onnx_path(config.model) ? std::filesystem::absolute(config.model).string() : config.model;
@@ -368,13 +411,17 @@ Model prepare_from_float(const RunConfig& config, const Model& float_model, cons
   Model model = build_model(meta);
   copy_float_state(*float_model.module, *model.module);
   fuse(*model.module);
-  prepare_qat(*model.module, qconfig, overrides_for(model, qconfig, config.exclude),
+  apply_architecture_steps(model, recipe.steps);
+  prepare_qat(*model.module, qconfig,
+              overrides_for(model, qconfig, config.exclude, recipe.overrides),
               march_from_string(config.march));
   link_for_deployment(model);
   meta.prepared = true;
   meta.qconfig = qconfig;
   meta.march = config.march;
   meta.exclude = config.exclude;
+  meta.overrides = recipe.overrides;
+  meta.steps = recipe.steps;
   if (meta_out != nullptr) *meta_out = meta;
   return model;
 }

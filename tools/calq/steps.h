@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "calq/analysis/recipe.h"
 #include "calq/data/source.h"
 #include "calq/onnx/import.h"
 #include "calq/pipeline/training.h"
@@ -89,6 +90,13 @@ struct ModelMeta {
   QConfig qconfig;  ///< global recipe (prepared models)
   std::string march = "bayes";
   std::vector<std::string> exclude;  ///< kept float (--exclude)
+  /// Beyond `qconfig` (calq::analysis::Recipe; empty for a plain calibration): per-type and
+  /// per-name overrides (auto's observers and promotions, unsigned grids) and the steps that
+  /// changed the float weights (an equalization's ReLU6 -> ReLU rebuilds the architecture).
+  QConfigOverrides overrides;
+  analysis::RecipeSteps steps;
+  /// qconfig, overrides and steps as one recipe.
+  analysis::Recipe recipe() const;
   nlohmann::json to_json() const;
   static ModelMeta from_json(const nlohmann::json& j);
 };
@@ -108,6 +116,10 @@ Model float_model(const Workspace& ws, double* seconds_per_epoch, bool* reused);
 /// A fresh prepared model holding the float model's weights (steps 2 and 7).
 Model prepare_from_float(const RunConfig& config, const Model& float_model, const QConfig& qconfig,
                          ModelMeta* meta);
+/// The same with a per-layer recipe (its steps are not run here: the architecture change of
+/// an equalization with relu6 to_relu is; recipe_steps.h calibrates with the steps).
+Model prepare_from_float(const RunConfig& config, const Model& float_model,
+                         const analysis::Recipe& recipe, ModelMeta* meta);
 
 /// Step 3-4 on `model`: CALIBRATION state, the calibration batches of `ws` (--calib-batches
 /// of --batch-size training examples, drawn with --seed), read one batch at a time.

@@ -35,6 +35,13 @@ struct Profile {
   /// DequantizeLinear, so an int8 activation read by two nodes (a residual block's input)
   /// stayed int8 and its convolution stayed float.
   bool uint8_activations = true;
+  /// Whether activations may use unsigned grids (QuantSpec::unsigned_grid, eq. 1c: [0, 2^b - 1]
+  /// with zero point 0, for outputs after ReLU / ReLU6). ONNX Runtime: 8 bits as uint8 (its
+  /// integer kernels, with the Relu fused since zero point 0 is the type's minimum), 4 bits as
+  /// uint8 with a Clip (a native UINT4 needs opset 21), 16 bits as com.microsoft uint16.
+  /// The accelerator's grids are signed: calq::analysis's automatic recipe uses unsigned grids
+  /// only for a target that sets this.
+  bool unsigned_activations = true;
   /// Pass-through ops (MaxPool, Flatten, Reshape) get Q -> DQ with their input's scale after
   /// them, so that the runtime sees a quantized group and keeps them in integers.
   bool requantize_pass_through = true;

@@ -13,6 +13,7 @@ class ReLUImpl : public QuantModuleImpl {
  public:
   ReLUImpl() : QuantModuleImpl("ReLU") {}
   at::Tensor forward(const at::Tensor& x);
+  bool output_non_negative() const override { return true; }
 };
 TORCH_MODULE(ReLU);
 
@@ -21,6 +22,7 @@ class ReLU6Impl : public QuantModuleImpl {
  public:
   ReLU6Impl() : QuantModuleImpl("ReLU6") {}
   at::Tensor forward(const at::Tensor& x);
+  bool output_non_negative() const override { return true; }
 };
 TORCH_MODULE(ReLU6);
 

@@ -27,6 +27,7 @@ class AddReLUImpl : public QuantModuleImpl {
  public:
   AddReLUImpl() : QuantModuleImpl("AddReLU") {}
   at::Tensor forward(const at::Tensor& a, const at::Tensor& b);
+  bool output_non_negative() const override { return true; }
 };
 TORCH_MODULE(AddReLU);
 

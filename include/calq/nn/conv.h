@@ -48,6 +48,11 @@ class ConvBlockImpl : public QuantModuleImpl {
   bool has_bn() const { return !bn.is_empty(); }
   /// The activation that closes the block.
   Activation activation() const { return activation_; }
+  /// Replaces the closing activation (cross-layer equalization turns ReLU6 into ReLU, which
+  /// commutes with a positive per-channel scale). The type name stays. Changes the float
+  /// function of the block; say so wherever it is used.
+  void set_activation(Activation activation) { activation_ = activation; }
+  bool output_non_negative() const override { return activation_ != Activation::none; }
   /// In the folded form, use running statistics in training too and stop updating them
   /// (the usual last epochs of QAT). Default false.
   void freeze_bn(bool frozen = true) { bn_frozen_ = frozen; }

@@ -21,6 +21,7 @@ class LinearBlockImpl : public QuantModuleImpl {
   bool has_weight() const override { return true; }
   /// Whether a ReLU closes the block (LinearReLU).
   bool relu() const { return relu_; }
+  bool output_non_negative() const override { return relu_; }
 
   torch::nn::Linear linear{nullptr};
 

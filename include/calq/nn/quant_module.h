@@ -56,6 +56,10 @@ class QuantModuleImpl : public torch::nn::Module {
   virtual bool has_weight() const { return false; }
   /// Whether this module's output is a quantization point.
   virtual bool is_quantization_point() const { return true; }
+  /// Whether every output value is >= 0 whatever the input (a closing ReLU or ReLU6): only
+  /// such outputs may take an unsigned activation grid (QuantSpec::unsigned_grid; prepare
+  /// checks it). Default false.
+  virtual bool output_non_negative() const { return false; }
 
   /// Registers the fake-quant children for `resolved` (the qconfig after overrides). Throws
   /// if already prepared. Subclasses may check more (fused blocks must be fused first).

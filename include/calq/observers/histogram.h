@@ -69,7 +69,8 @@ AbsHistogram merge_histograms(const AbsHistogram& a, const AbsHistogram& b);
 double percentile_threshold(const AbsHistogram& h, double percentile);
 
 /// Number of positive quantization levels the kl rule maps onto:
-/// (quant_max - quant_min + 1) / 2 (128 for qint8, 8 for qint4, 32768 for qint16).
+/// (quant_max - quant_min + 1) / 2 (128 for qint8, 8 for qint4, 32768 for qint16); on an
+/// unsigned grid every level, quant_max - quant_min + 1 (256 for quint8, 16 for quint4).
 int64_t kl_num_quantized_bins(const QuantSpec& spec);
 
 /// Entropy calibration (the TensorRT rule), for every end bin i in [nq, bins]:

@@ -38,7 +38,9 @@ bool power_of_two_clamped(double scale, PowerOfTwoRounding rounding = PowerOfTwo
 /// Symmetric (default, eq. 1): scale = max(|min|, |max|) / ((quant_max - quant_min) / 2),
 /// zero_point = 0; for qint8 the divisor is 127.5. Affine (eq. 4):
 /// scale = (max - min) / (quant_max - quant_min), zero_point = quant_min - round(min / scale),
-/// with the range first widened to contain 0. Both are floored at kMinScale; with
+/// with the range first widened to contain 0. Unsigned (spec.unsigned_grid(), eq. 1c):
+/// scale = max(max, 0) / (quant_max - quant_min), zero_point = 0 (quant_min is 0). All are
+/// floored at kMinScale; with
 /// spec.power_of_two() the scale is then rounded up to the next power of two and clamped to
 /// [2^-14, 2^-1] (power_of_two_scale); the affine zero point is computed with that scale.
 ///

@@ -24,9 +24,10 @@ QuantDtype quant_dtype_from_string(const std::string& name);
 std::string to_string(QuantDtype dtype);
 Rounding rounding_from_string(const std::string& name);
 std::string to_string(Rounding rounding);
-/// Default quant_min / quant_max of a dtype.
-int64_t default_quant_min(QuantDtype dtype);
-int64_t default_quant_max(QuantDtype dtype);
+/// Default quant_min / quant_max of a dtype: signed [-2^(b-1), 2^(b-1) - 1], or with
+/// `unsigned_grid` [0, 2^b - 1].
+int64_t default_quant_min(QuantDtype dtype, bool unsigned_grid = false);
+int64_t default_quant_max(QuantDtype dtype, bool unsigned_grid = false);
 
 /// Everything that defines a quantization grid except the scale itself.
 ///
@@ -47,6 +48,14 @@ struct QuantSpec {
   /// Symmetric (zero_point 0, the default and the accelerator's scheme) or affine
   /// (zero_point chosen so that [min, max] maps onto [quant_min, quant_max]).
   TORCH_ARG(bool, symmetric) = true;
+  /// Unsigned grid [0, 2^b - 1] with zero point 0 (eq. 1c), for tensors known to be
+  /// non-negative (after ReLU / ReLU6): at 4 bits it keeps 16 levels for [0, t] where the
+  /// signed grid keeps 8. The default quant range becomes quint4 [0, 15], quint8 [0, 255],
+  /// quint16 [0, 65535]; a quant_range override must start at 0. Requires symmetric (zero
+  /// point 0; general affine grids are a separate scheme). Negative values saturate to 0.
+  /// Targets: ONNX Runtime (uint8 / uint16 Q-DQ; 4 bits as uint8 with a Clip, or UINT4 at
+  /// opset 21); not the accelerator, whose grids are signed. Default false.
+  TORCH_ARG(bool, unsigned_grid) = false;
 
  public:
   /// Overrides the dtype's quant range; both ends must lie inside the dtype's range and
@@ -58,7 +67,8 @@ struct QuantSpec {
   int64_t quant_max() const;
   /// Throws c10::Error naming the offending field if the spec is inconsistent.
   void validate() const;
-  /// Human-readable, e.g. "qint8[-128,127] per_channel(axis=0) symmetric half_to_even".
+  /// Human-readable, e.g. "qint8[-128,127] per_channel(axis=0) symmetric half_to_even";
+  /// unsigned grids name the dtype "quint4" / "quint8" / "quint16".
   std::string str() const;
 
   bool operator==(const QuantSpec& other) const;

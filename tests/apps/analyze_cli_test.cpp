@@ -1,0 +1,148 @@
+// `calq analyze`, `calibrate --observer auto` and the recipe file end to end on a small subset
+// of Fashion-MNIST.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+
+#include "calq/data/fashion_mnist.h"
+
+namespace {
+
+struct Result {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+Result run_cli(const std::string& arguments) {
+  const std::string command = std::string(CALQ_CLI_PATH) + " " + arguments + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  EXPECT_NE(pipe, nullptr);
+  Result result{-1, ""};
+  std::array<char, 4096> buffer{};
+  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.output += buffer.data();
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+bool dataset_installed() {
+  return std::filesystem::exists(calq::data::fashion_mnist_file(
+      calq::data::fashion_mnist_dir(), calq::data::Split::test, /*labels=*/false));
+}
+
+std::string temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("calq_analyze_cli_test_" + name);
+  std::filesystem::remove_all(dir);
+  return dir.string();
+}
+
+constexpr const char* kSmall =
+    "--limit-train 768 --limit-test 256 --epochs 1 --qat-epochs 1 --calib-batches 2 "
+    "--batch-size 64 --val-size 256 --threads 2 --quiet";
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in.good()) << path;
+  return nlohmann::json::parse(in);
+}
+
+double validation_top1(const std::string& output) {
+  std::smatch m;
+  const std::regex pattern("validation top-1 ([0-9.]+)%");
+  EXPECT_TRUE(std::regex_search(output, m, pattern)) << output;
+  return m.size() > 1 ? std::stod(m[1]) : -1.0;
+}
+
+TEST(AnalyzeCli, AnalyzeWritesJsonAndReport) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = temp_dir("analyze");
+  Result r = run_cli(std::string("calibrate --observer kl --bits 4/4 ") + kSmall + " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli(std::string("analyze --checkpoint ") + out + "/calibrated/kl.pt --bits 4/4 " +
+              kSmall + " --samples 128 --out " + out + " --json " + out + "/a.json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("most sensitive first"), std::string::npos) << r.output;
+  const nlohmann::json j = read_json(out + "/a.json");
+  const auto& points = j.at("points");
+  // cnn: quant, conv1, conv2, fc1 (output quantized), fc2 (weight only).
+  ASSERT_EQ(points.size(), 5u) << j.dump(1);
+  EXPECT_EQ(points[0].at("name"), "quant");
+  EXPECT_EQ(j.at("cost").at("passes"), 2 * 5 + 2);
+  EXPECT_EQ(j.at("cost").at("samples"), 128);
+  EXPECT_EQ(j.at("ranking").size(), 5u);
+  for (const auto& p : points) {
+    for (const char* key : {"name", "type", "sqnr_db", "cosine", "max_abs_err", "clipped_pct",
+                            "sensitivity_top1", "sensitivity_rank"}) {
+      EXPECT_TRUE(p.contains(key)) << key << " in " << p.dump();
+    }
+  }
+  for (const char* file : {"report.md", "sqnr.svg", "sensitivity.svg", "histograms/conv1.svg"}) {
+    EXPECT_TRUE(std::filesystem::exists(out + "/analysis/" + file)) << file;
+  }
+  // A float checkpoint has nothing to analyse.
+  r = run_cli(std::string("analyze --checkpoint ") + out + "/float_cnn.pt " + kSmall + " --out " +
+              out);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("is a float model"), std::string::npos) << r.output;
+}
+
+TEST(AnalyzeCli, AutoRecipeFileReproducesAndFeedsQat) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = temp_dir("auto");
+  Result r = run_cli(std::string("calibrate --observer auto --bits 8/4 --target ort-cpu ") +
+                     kSmall + " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("auto: chose"), std::string::npos) << r.output;
+  const double auto_top1 = validation_top1(r.output);
+  const std::string recipe = out + "/calibrated/auto.recipe.json";
+  const nlohmann::json j = read_json(recipe);
+  EXPECT_EQ(j.at("calq_recipe"), 1);
+  // Unsigned grids after ReLU under the ort-cpu target.
+  EXPECT_EQ(j.at("by_name").at("conv1").at("activation").at("qkwargs").at("unsigned"), true);
+  EXPECT_TRUE(j.at("notes").contains("candidates"));
+
+  // The recipe file alone gives the same calibration.
+  r = run_cli(std::string("calibrate --qconfig ") + recipe + " --bits 8/4 " + kSmall + " --out " +
+              out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_DOUBLE_EQ(validation_top1(r.output), auto_top1);
+
+  // QAT from the auto calibration keeps its grids (load copies, nothing mismatched).
+  r = run_cli(std::string("qat --calibrated ") + out +
+              "/calibrated/auto.pt --method lsq --bits 8/4 " + "--target ort-cpu " + kSmall +
+              " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(" 0 mismatched"), std::string::npos) << r.output;
+}
+
+TEST(AnalyzeCli, RecoveryStepsAlone) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = temp_dir("steps");
+  Result r = run_cli(std::string("calibrate --model mobilenet --observer percentile --bits 4/8 "
+                                 "--cle --bias-correction ") +
+                     kSmall + " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // MobileNet's pairs all pass through ReLU6: they are equalized only because the blocks were
+  // rebuilt with ReLU (--cle-relu6 to_relu, the default), which the saved description records.
+  std::smatch pairs;
+  ASSERT_TRUE(std::regex_search(r.output, pairs, std::regex("([0-9]+) pairs equalized")))
+      << r.output;
+  EXPECT_GT(std::stoi(pairs[1]), 0) << r.output;
+  EXPECT_NE(r.output.find("bias correction: "), std::string::npos) << r.output;
+  const nlohmann::json meta = read_json(out + "/calibrated/percentile.pt.json");
+  EXPECT_EQ(meta.at("recipe").at("steps").at("cross_layer_equalization").at("relu6"), "to_relu")
+      << meta.dump(1);
+  EXPECT_EQ(meta.at("recipe").at("steps").at("bias_correction"), true) << meta.dump(1);
+  // The saved model (ReLU instead of ReLU6, corrected biases) loads and evaluates.
+  r = run_cli(std::string("evaluate --model mobilenet --checkpoint ") + out +
+              "/calibrated/percentile.pt " + kSmall + " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+}
+
+}  // namespace
