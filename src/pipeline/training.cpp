@@ -9,8 +9,12 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "calq/data/batches.h"
+#include "calq/distributed/data_parallel.h"
+#include "calq/distributed/process_group.h"
 #include "calq/nn/conv.h"
 #include "calq/util/atomic_file.h"
 #include "calq/util/progress.h"
@@ -34,11 +38,17 @@ void save_checkpoint(const std::string& path, torch::nn::Module& model,
   util::save_archive_atomic(archive, path);
 }
 
+// `bytes`: the checkpoint's contents (a distributed resume: read on rank 0, broadcast);
+// empty: read `path`.
 int64_t load_checkpoint(const std::string& path, torch::nn::Module& model,
-                        torch::optim::Adam& optimizer) {
+                        torch::optim::Adam& optimizer, const std::string& bytes = "") {
   torch::serialize::InputArchive archive, model_archive, optimizer_archive;
   try {
-    archive.load_from(path);
+    if (bytes.empty()) {
+      archive.load_from(path);
+    } else {
+      archive.load_from(bytes.data(), bytes.size());
+    }
     archive.read("model", model_archive);
     archive.read("optimizer", optimizer_archive);
     model.load(model_archive);
@@ -63,6 +73,32 @@ void set_group_lrs(torch::optim::Adam& optimizer, double weight_lr, double quant
   static_cast<torch::optim::AdamOptions&>(groups[0].options()).lr(weight_lr);
   if (groups.size() > 1)
     static_cast<torch::optim::AdamOptions&>(groups[1].options()).lr(quantizer_lr);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in.good(), "cannot open checkpoint '", path, "' for reading");
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+// This rank's rows of global batch `index` of `batches` (a pass over `dataset` with
+// `batch_size`): the rank's contiguous part of the batch's rows in the pass's order.
+data::Batch local_part(const data::Dataset& dataset, const data::Batches& batches, int64_t index,
+                       int64_t batch_size, const distributed::ProcessGroup& group,
+                       int64_t* global_rows) {
+  const int64_t start = index * batch_size;
+  const int64_t length = std::min(batch_size, dataset.size() - start);
+  *global_rows = length;
+  const auto part = distributed::shard(length, group.rank(), group.size());
+  const int64_t rows = part.second - part.first;
+  if (!batches.order().defined()) {
+    return {dataset.images.narrow(0, start + part.first, rows),
+            dataset.labels.narrow(0, start + part.first, rows)};
+  }
+  const at::Tensor order = batches.order().narrow(0, start + part.first, rows);
+  return {dataset.images.index_select(0, order), dataset.labels.index_select(0, order)};
 }
 
 }  // namespace
@@ -103,13 +139,34 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
   }
   torch::optim::Adam optimizer(groups, torch::optim::AdamOptions(options.lr()));
 
+  const std::shared_ptr<distributed::ProcessGroup>& group = options.process_group();
+  TORCH_CHECK(!group || options.batch_size() >= group->size(), "train: batch_size ",
+              options.batch_size(), " is smaller than the ", group ? group->size() : 1,
+              " ranks of the job; every rank needs at least one row of every batch");
+  const bool writer = !group || group->rank() == 0;
   TrainResult result;
-  if (options.resume() && !options.checkpoint().empty() &&
-      std::filesystem::exists(options.checkpoint())) {
-    result.first_epoch = load_checkpoint(options.checkpoint(), model, optimizer);
+  if (options.resume() && !options.checkpoint().empty()) {
+    if (!group) {
+      if (std::filesystem::exists(options.checkpoint())) {
+        result.first_epoch = load_checkpoint(options.checkpoint(), model, optimizer);
+      }
+    } else {
+      // Rank 0 reads its checkpoint; every rank restores the same bytes.
+      const std::string bytes = group->broadcast_bytes(
+          writer && std::filesystem::exists(options.checkpoint()) ? read_file(options.checkpoint())
+                                                                  : std::string());
+      if (!bytes.empty()) {
+        result.first_epoch = load_checkpoint(options.checkpoint(), model, optimizer, bytes);
+      }
+    }
     TORCH_CHECK(result.first_epoch <= options.epochs(), "cannot resume from '",
                 options.checkpoint(), "': it finished ", result.first_epoch,
                 " epochs, more than the ", options.epochs(), " asked for");
+  }
+  std::unique_ptr<distributed::DataParallel> parallel;
+  if (group) {
+    parallel = std::make_unique<distributed::DataParallel>(
+        model, group, distributed::DataParallelOptions().bucket_bytes(options.bucket_bytes()));
   }
   const int64_t steps_per_epoch =
       (dataset.size() + options.batch_size() - 1) / options.batch_size();
@@ -135,7 +192,17 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
     util::Timer timer;
     double loss_sum = 0.0;
     int64_t step = 0;
-    for (const data::Batch& batch : batches) {
+    for (int64_t index = 0; index < batches.size(); ++index) {
+      data::Batch batch;
+      int64_t global_rows = 0;
+      if (parallel) {
+        batch = local_part(dataset, batches, index, options.batch_size(), *group, &global_rows);
+        if (global_rows < group->size()) continue;  // some rank would get no row
+        parallel->set_batch_share(batch.size(), global_rows);
+      } else {
+        batch = batches[index];
+        global_rows = batch.size();
+      }
       if (options.cosine()) {
         const double t = static_cast<double>(epoch * steps_per_epoch + step) / total_steps;
         const double decay = 0.5 * (1.0 + std::cos(kPi * t));
@@ -143,24 +210,48 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
       }
       optimizer.zero_grad();
       at::Tensor loss = at::cross_entropy_loss(forward(batch.images), batch.labels);
-      const double value = loss.item<double>();
-      TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
-                  " at epoch ", epoch + 1, ", step ", step + 1,
-                  "; lower the learning rate or check the data");
-      loss.backward();
+      double value = 0.0;
+      if (!parallel) {
+        value = loss.item<double>();
+        TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
+                    " at epoch ", epoch + 1, ", step ", step + 1,
+                    "; lower the learning rate or check the data");
+        loss.backward();
+      } else {
+        // The global batch's mean loss is the sum over ranks of each rank's mean loss weighted
+        // by its share of the rows; so are its gradients (summed by the reducer).
+        const at::Tensor weighted =
+            loss * (static_cast<double>(batch.size()) / static_cast<double>(global_rows));
+        at::Tensor global_loss = weighted.detach().to(at::kDouble).reshape({1}).clone();
+        auto pending = group->all_reduce_async({global_loss}, "training loss all-reduce");
+        weighted.backward();
+        parallel->finish_gradients();
+        pending.wait();
+        value = global_loss.item<double>();
+        TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
+                    " at epoch ", epoch + 1, ", step ", step + 1, " (global batch over ",
+                    group->size(), " ranks); lower the learning rate or check the data");
+      }
       optimizer.step();
       if (options.quantized()) project_quantizer_parameters(model);
       loss_sum += value;
       ++step;
-      progress.advance(batch.size());
+      progress.advance(global_rows);
+      if (parallel && options.check_replicas_every() > 0 &&
+          step % options.check_replicas_every() == 0) {
+        distributed::check_replicas(model, *group);
+      }
     }
     progress.finish();
     seconds += timer.seconds();
     result.final_loss = loss_sum / std::max<int64_t>(step, 1);
+    result.steps_run += step;
     ++result.epochs_run;
-    if (!options.checkpoint().empty()) {
+    if (parallel) distributed::check_replicas(model, *group);
+    if (!options.checkpoint().empty() && writer) {
       save_checkpoint(options.checkpoint(), model, optimizer, epoch + 1);
     }
+    if (options.on_epoch_end()) options.on_epoch_end()(epoch + 1);
   }
   result.seconds_per_epoch = result.epochs_run > 0 ? seconds / result.epochs_run : 0.0;
   return result;
@@ -168,7 +259,8 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
 
 Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
                          const data::Dataset& dataset, bool quantized, int64_t batch_size,
-                         const std::string& label) {
+                         const std::string& label,
+                         const std::shared_ptr<distributed::ProcessGroup>& group) {
   TORCH_CHECK(dataset.size() > 0, "evaluate: the evaluation set is empty");
   if (quantized) {
     set_fake_quantize(model, FakeQuantState::VALIDATION);
@@ -180,28 +272,41 @@ Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
   result.correct.reserve(static_cast<size_t>(dataset.size()));
   int64_t correct = 0;
   util::Progress progress(label, dataset.size(), "img");
-  for (const data::Batch& batch : data::Batches(dataset, data::BatchOptions(batch_size))) {
+  const data::Batches batches(dataset, data::BatchOptions(batch_size));
+  const auto part = group ? distributed::shard(batches.size(), group->rank(), group->size())
+                          : std::make_pair(int64_t{0}, batches.size());
+  for (int64_t index = part.first; index < part.second; ++index) {
+    const data::Batch batch = batches[index];
     const at::Tensor right = forward(batch.images).argmax(1).eq(batch.labels).to(at::kByte);
     const uint8_t* p = right.contiguous().data_ptr<uint8_t>();
     result.correct.insert(result.correct.end(), p, p + right.numel());
-    correct += right.sum().item<int64_t>();
-    progress.advance(batch.size());
+    progress.advance(group ? batch.size() * group->size() : batch.size());
   }
+  if (group) {  // every rank's part, in rank order: the whole data set in order
+    const auto all =
+        group->all_gather_bytes(std::string(result.correct.begin(), result.correct.end()));
+    result.correct.clear();
+    for (const auto& bytes : all)
+      result.correct.insert(result.correct.end(), bytes.begin(), bytes.end());
+  }
+  for (uint8_t right : result.correct) correct += right;
   progress.finish();
   result.top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(dataset.size());
   return result;
 }
 
 Evaluation evaluate_each(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
-                         int64_t batch_size, const std::string& label) {
+                         int64_t batch_size, const std::string& label,
+                         const std::shared_ptr<distributed::ProcessGroup>& group) {
   return evaluate_each(
       model, [&model](const at::Tensor& x) { return model.forward(x); }, dataset, quantized,
-      batch_size, label);
+      batch_size, label, group);
 }
 
 double evaluate(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
-                int64_t batch_size, const std::string& label) {
-  return evaluate_each(model, dataset, quantized, batch_size, label).top1;
+                int64_t batch_size, const std::string& label,
+                const std::shared_ptr<distributed::ProcessGroup>& group) {
+  return evaluate_each(model, dataset, quantized, batch_size, label, group).top1;
 }
 
 }  // namespace pipeline

@@ -18,9 +18,12 @@ int train_command(const RunConfig& config) {
   double seconds = 0.0;
   bool reused = false;
   zoo::Classifier model = float_model(ws, &seconds, &reused);
-  const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/false);
-  std::cout << "float " << config.model << ": top-1 " << top1 << "%"
-            << (reused ? " (reused checkpoint)" : "") << "\n";
+  const double top1 =
+      pipeline::evaluate(*model, ws.test, /*quantized=*/false, 512, "eval", ws.group);
+  if (ws.writer()) {
+    std::cout << "float " << config.model << ": top-1 " << top1 << "%"
+              << (reused ? " (reused checkpoint)" : "") << "\n";
+  }
   return 0;
 }
 
@@ -35,12 +38,15 @@ int calibrate_command(const RunConfig& config, const std::string& observer,
   ModelMeta meta;
   zoo::Classifier model = prepare_from_float(config, *float_net, qconfig, &meta);
   util::Timer timer;
-  calibrate(model, calibration_images(ws));
+  calibrate_model(ws, model, calibration_images(ws));
   const double calibration_seconds = timer.seconds();
-  const double val_top1 = pipeline::evaluate(*model, ws.validation, /*quantized=*/true);
-  const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/true);
+  const double val_top1 =
+      pipeline::evaluate(*model, ws.validation, /*quantized=*/true, 512, "eval", ws.group);
+  const double top1 =
+      pipeline::evaluate(*model, ws.test, /*quantized=*/true, 512, "eval", ws.group);
   const std::string name = qconfig_file.empty() ? observer : "custom";
   const std::string path = config.out + "/calibrated/" + name + ".pt";
+  if (!ws.writer()) return 0;
   save_model(*model, meta, path);
   for (const auto& clamped : clamped_scales(*model)) {
     std::cout << "warning: power-of-two scale clamped to [2^-14, 2^-1]: " << clamped << "\n";
@@ -55,7 +61,8 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint) {
   Workspace ws = open_workspace(config);
   ModelMeta meta;
   zoo::Classifier model = load_model(checkpoint, &meta);
-  const double top1 = pipeline::evaluate(*model, ws.test, meta.prepared);
+  const double top1 = pipeline::evaluate(*model, ws.test, meta.prepared, 512, "eval", ws.group);
+  if (!ws.writer()) return 0;
   std::cout << checkpoint << ": top-1 " << top1 << "%"
             << (meta.prepared ? " (quantized, VALIDATION)" : " (float)") << "\n";
   return 0;
@@ -73,13 +80,16 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   ModelMeta meta;
   zoo::Classifier model = prepare_from_float(config, *float_net, qconfig, &meta);
   const LoadReport report = load_observer_params(*calibrated_model, *model);
-  std::cout << "load_observer_params: " << report.str() << "\n";
+  if (ws.writer()) std::cout << "load_observer_params: " << report.str() << "\n";
   TORCH_CHECK(report.ok(), "qat: the calibration in '", calibrated,
               "' does not fit the QAT model (see the mismatches above)");
   const std::string name = qconfig_file.empty() ? method : "custom";
-  auto result = pipeline::train(*model, ws.train, qat_train_options(config, name));
-  const double top1 = pipeline::evaluate(*model, ws.test, /*quantized=*/true);
+  auto result =
+      pipeline::train(*model, ws.train, qat_train_options(config, name).process_group(ws.group));
+  const double top1 =
+      pipeline::evaluate(*model, ws.test, /*quantized=*/true, 512, "eval", ws.group);
   const std::string path = config.out + "/qat/" + name + ".pt";
+  if (!ws.writer()) return 0;
   save_model(*model, meta, path);
   std::filesystem::remove(qat_resume_checkpoint(config, name));
   std::cout << "qat " << name << ": top-1 " << top1 << "%, " << result.seconds_per_epoch

@@ -55,6 +55,8 @@ void RunConfig::validate() const {
   TORCH_CHECK(calib_batches >= 1, "--calib-batches must be >= 1, got ", calib_batches);
   TORCH_CHECK(batch_size >= 1, "--batch-size must be >= 1, got ", batch_size);
   TORCH_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores), got ", threads);
+  TORCH_CHECK(nproc >= 1, "--nproc must be >= 1 (local worker processes), got ", nproc);
+  TORCH_CHECK(dist_timeout >= 1.0, "--dist-timeout must be >= 1 (seconds), got ", dist_timeout);
   TORCH_CHECK(limit_train >= 0 && limit_test >= 0, "--limit-train/--limit-test must be >= 0");
   TORCH_CHECK(lr > 0 && qat_lr > 0 && qat_scale_lr > 0,
               "--lr, --qat-lr and --qat-scale-lr must be > 0");
@@ -100,7 +102,9 @@ nlohmann::json RunConfig::to_json() const {
           {"march", march},
           {"observers", observers},
           {"methods", methods},
-          {"qat_observer", qat_observer}};
+          {"qat_observer", qat_observer},
+          {"nproc", nproc},
+          {"dist_timeout", dist_timeout}};
 }
 
 void RunConfig::merge_json(const nlohmann::json& j) {
@@ -143,6 +147,8 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("observers", observers);
     get("methods", methods);
     get("qat_observer", qat_observer);
+    get("nproc", nproc);
+    get("dist_timeout", dist_timeout);
   } catch (const nlohmann::json::exception& error) {
     TORCH_CHECK(false, "--config: a setting has the wrong type: ", error.what());
   }

@@ -37,6 +37,10 @@ struct RunConfig {
                                         "mix",     "clip_std",   "clip", "fixed_scale"};
   std::vector<std::string> methods = {"fake_quant", "lsq", "pact"};
   std::string qat_observer = "min_max";
+  /// Local worker processes (ranks) of a data-parallel job started by this command; under an
+  /// external launcher (RANK set) the environment describes the job instead.
+  int64_t nproc = 1;
+  double dist_timeout = 60.0;  ///< seconds: a dead or stuck rank fails the others within it
   bool resume = false;
   bool quiet = false;
 

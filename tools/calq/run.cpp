@@ -27,8 +27,13 @@ nlohmann::json previous_results(const RunConfig& config) {
   if (!config.resume || !std::filesystem::exists(path)) return nlohmann::json::object();
   nlohmann::json previous = read_json_file(path);
   nlohmann::json previous_config = previous.value("config", nlohmann::json::object());
-  previous_config.erase("threads_used");
-  if (previous_config != config.to_json()) {
+  nlohmann::json current_config = config.to_json();
+  // How the work is spread (threads, processes) does not change the results' meaning.
+  for (const char* key : {"threads_used", "nproc", "dist_timeout"}) {
+    previous_config.erase(key);
+    current_config.erase(key);
+  }
+  if (previous_config != current_config) {
     std::cerr << "calq: --resume: " << path << " was written with other settings; starting over\n";
     return nlohmann::json::object();
   }
@@ -63,12 +68,22 @@ std::string best_by_validation(const nlohmann::json& results, const std::string&
 int run_command(const RunConfig& config) {
   util::Timer total;
   Workspace ws = open_workspace(config);
-  std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train.size()
-            << " training / " << ws.validation.size() << " validation / " << ws.test.size()
-            << " test images, " << at::get_num_threads() << " threads -> " << config.out << "\n";
+  const bool writer = ws.writer();
+  // Only rank 0 writes results; the other ranks compute the same (shared) steps.
+  auto save = [&](const nlohmann::json& results) {
+    if (writer) save_results(config, results);
+  };
+  if (writer) {
+    std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train.size()
+              << " training / " << ws.validation.size() << " validation / " << ws.test.size()
+              << " test images, " << at::get_num_threads() << " threads"
+              << (ws.group ? " x " + std::to_string(ws.group->size()) + " processes" : "") << " -> "
+              << config.out << "\n";
+  }
   nlohmann::json results = previous_results(config);
   results["config"] = config.to_json();
   results["config"]["threads_used"] = at::get_num_threads();
+  results["config"]["processes_used"] = ws.group ? ws.group->size() : 1;
   results["data"] = {
       {"train", ws.train.size()}, {"validation", ws.validation.size()}, {"test", ws.test.size()}};
 
@@ -77,11 +92,11 @@ int run_command(const RunConfig& config) {
   bool reused = false;
   zoo::Classifier float_net = float_model(ws, &float_seconds, &reused);
   if (!has(results, "float", "val_top1") || !reused) {
-    results["float"] = {
-        {"val_top1", pipeline::evaluate(*float_net, ws.validation, false, 512, "val float")},
-        {"seconds_per_epoch", float_seconds},
-        {"reused_checkpoint", reused}};
-    save_results(config, results);
+    results["float"] = {{"val_top1", pipeline::evaluate(*float_net, ws.validation, false, 512,
+                                                        "val float", ws.group)},
+                        {"seconds_per_epoch", float_seconds},
+                        {"reused_checkpoint", reused}};
+    save(results);
   }
 
   // Steps 2-6 for every activation observer: prepare, calibrate, validate on held-out data.
@@ -93,17 +108,19 @@ int run_command(const RunConfig& config) {
     zoo::Classifier model =
         prepare_from_float(config, *float_net, calibration_qconfig(config, observer), &meta);
     util::Timer timer;
-    calibrate(model, calibration);
+    calibrate_model(ws, model, calibration);
     const double seconds = timer.seconds();
-    const double top1 = pipeline::evaluate(*model, ws.validation, true, 512, "val " + observer);
-    save_model(*model, meta, path);
+    const double top1 =
+        pipeline::evaluate(*model, ws.validation, true, 512, "val " + observer, ws.group);
+    if (writer) save_model(*model, meta, path);
     results["calibration"][observer] = {
         {"val_top1", top1}, {"seconds", seconds}, {"clamped_scales", clamped_scales(*model)}};
-    save_results(config, results);
-    std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
+    save(results);
+    if (writer) std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
   }
   const std::string best = best_by_validation(results, "calibration", config.observers);
   results["best_observer"] = best;
+  ws.sync();  // rank 0 wrote the calibrated models
   zoo::Classifier calibrated = load_model(config.out + "/calibrated/" + best + ".pt");
 
   // Steps 7-11 for every method: fresh QAT model, load the best calibration, train, validate.
@@ -116,10 +133,14 @@ int run_command(const RunConfig& config) {
     const LoadReport report = load_observer_params(*calibrated, *model);
     TORCH_CHECK(report.ok(), "qat ", method,
                 ": the calibration does not fit the QAT model: ", report.str());
-    auto trained = pipeline::train(*model, ws.train, qat_train_options(config, method));
-    const double top1 = pipeline::evaluate(*model, ws.validation, true, 512, "val qat " + method);
-    save_model(*model, meta, path);
-    std::filesystem::remove(qat_resume_checkpoint(config, method));
+    auto trained = pipeline::train(*model, ws.train,
+                                   qat_train_options(config, method).process_group(ws.group));
+    const double top1 =
+        pipeline::evaluate(*model, ws.validation, true, 512, "val qat " + method, ws.group);
+    if (writer) {
+      save_model(*model, meta, path);
+      std::filesystem::remove(qat_resume_checkpoint(config, method));
+    }
     results["qat"][method] = {{"val_top1", top1},
                               {"seconds_per_epoch", trained.seconds_per_epoch},
                               {"load",
@@ -127,18 +148,19 @@ int run_command(const RunConfig& config) {
                                 {"converted", report.converted},
                                 {"not_applicable_entries", report.not_applicable.size()}}},
                               {"clamped_scales", clamped_scales(*model)}};
-    save_results(config, results);
-    std::cerr << "qat " << method << ": validation top-1 " << top1 << "%\n";
+    save(results);
+    if (writer) std::cerr << "qat " << method << ": validation top-1 " << top1 << "%\n";
   }
   results["best_method"] = best_by_validation(results, "qat", config.methods);
+  ws.sync();  // rank 0 wrote the QAT models
 
   // The test set, once, for the float model and what was chosen or trained: top-1 and paired
   // comparisons on the same images.
   const pipeline::Evaluation float_test =
-      pipeline::evaluate_each(*float_net, ws.test, false, 512, "test float");
+      pipeline::evaluate_each(*float_net, ws.test, false, 512, "test float", ws.group);
   results["float"]["test_top1"] = float_test.top1;
   const pipeline::Evaluation calibrated_test =
-      pipeline::evaluate_each(*calibrated, ws.test, true, 512, "test " + best);
+      pipeline::evaluate_each(*calibrated, ws.test, true, 512, "test " + best, ws.group);
   results["chosen_calibration"] = {{"observer", best},
                                    {"test_top1", calibrated_test.top1},
                                    {"vs_float", comparison_json(pipeline::compare_paired(
@@ -146,7 +168,7 @@ int run_command(const RunConfig& config) {
   for (const std::string& method : config.methods) {
     zoo::Classifier model = load_model(config.out + "/qat/" + method + ".pt");
     const pipeline::Evaluation test =
-        pipeline::evaluate_each(*model, ws.test, true, 512, "test qat " + method);
+        pipeline::evaluate_each(*model, ws.test, true, 512, "test qat " + method, ws.group);
     results["qat"][method]["test_top1"] = test.top1;
     results["qat"][method]["vs_float"] =
         comparison_json(pipeline::compare_paired(float_test.correct, test.correct));
@@ -154,6 +176,7 @@ int run_command(const RunConfig& config) {
         comparison_json(pipeline::compare_paired(calibrated_test.correct, test.correct));
   }
 
+  if (!writer) return 0;
   util::write_file_atomic(config.out + "/scales_calibrated_" + best + ".json",
                           export_scales(*calibrated).dump(2) + "\n");
   results["seconds_total"] = total.seconds();  // this invocation (a resumed run counts its part)

@@ -4,14 +4,18 @@
 #include <c10/util/Exception.h>
 #include <torch/serialize.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
 
 #include "calq/data/batches.h"
+#include "calq/distributed/observer_sync.h"
 #include "calq/pipeline/training.h"
 #include "calq/util/atomic_file.h"
+#include "calq/util/progress.h"
 
 namespace calq {
 namespace cli {
@@ -47,13 +51,33 @@ nlohmann::json float_settings(const RunConfig& c) {
 
 }  // namespace
 
+bool Workspace::writer() const {
+  return !group || group->rank() == 0;
+}
+
+void Workspace::sync() const {
+  if (group) group->barrier();
+}
+
 Workspace open_workspace(const RunConfig& config) {
   config.validate();
-  const int threads = config.threads > 0 ? static_cast<int>(config.threads)
-                                         : static_cast<int>(std::thread::hardware_concurrency());
-  at::set_num_threads(std::max(threads, 1));
-  torch::manual_seed(config.seed);
   Workspace ws;
+  int64_t local_ranks = 1;
+  if (distributed::launched_by_environment()) {
+    distributed::ProcessGroupOptions options = distributed::options_from_environment();
+    options.timeout(std::chrono::milliseconds(static_cast<int64_t>(config.dist_timeout * 1000.0)));
+    ws.group = std::make_shared<distributed::ProcessGroup>(options);
+    if (const char* local = std::getenv("LOCAL_WORLD_SIZE")) {
+      local_ranks = std::max<int64_t>(1, std::atoll(local));
+    }
+    if (!ws.writer()) util::Progress::set_globally_quiet(true);
+  }
+  // Without --threads the cores are divided among this machine's ranks.
+  const int64_t threads =
+      config.threads > 0 ? config.threads
+                         : static_cast<int64_t>(std::thread::hardware_concurrency()) / local_ranks;
+  at::set_num_threads(static_cast<int>(std::max<int64_t>(threads, 1)));
+  torch::manual_seed(config.seed);
   ws.config = config;
   data::FashionMnistOptions train_options, test_options;
   train_options.root(config.data_dir);
@@ -159,8 +183,12 @@ zoo::Classifier float_model(const Workspace& ws, double* seconds_per_epoch, bool
   const std::string settings_path = c.out + "/float_" + c.model + ".settings.json";
   *seconds_per_epoch = 0.0;
   *reused = false;
-  if (std::filesystem::exists(path) && std::filesystem::exists(settings_path) &&
-      read_json_file(settings_path) == float_settings(c)) {
+  bool reuse = std::filesystem::exists(path) && std::filesystem::exists(settings_path) &&
+               read_json_file(settings_path) == float_settings(c);
+  if (ws.group) {  // rank 0 decides, so that every rank takes the same branch
+    reuse = !ws.group->broadcast_bytes(reuse ? "1" : "").empty();
+  }
+  if (reuse) {
     *reused = true;
     return load_model(path);
   }
@@ -174,14 +202,27 @@ zoo::Classifier float_model(const Workspace& ws, double* seconds_per_epoch, bool
                                     .seed(c.seed)
                                     .label("float")
                                     .checkpoint(c.out + "/float_" + c.model + ".resume.pt")
-                                    .resume(c.resume));
+                                    .resume(c.resume)
+                                    .process_group(ws.group));
   *seconds_per_epoch = result.seconds_per_epoch;
   ModelMeta meta;
   meta.model = c.model;
-  save_model(*model, meta, path);
-  util::write_file_atomic(settings_path, float_settings(c).dump(2) + "\n");
-  std::filesystem::remove(c.out + "/float_" + c.model + ".resume.pt");
+  if (ws.writer()) {
+    save_model(*model, meta, path);
+    util::write_file_atomic(settings_path, float_settings(c).dump(2) + "\n");
+    std::filesystem::remove(c.out + "/float_" + c.model + ".resume.pt");
+  }
+  ws.sync();
   return model;
+}
+
+void calibrate_model(const Workspace& ws, zoo::Classifier& model,
+                     const std::vector<at::Tensor>& batches) {
+  if (ws.group) {
+    distributed::calibrate(model, batches, *ws.group);
+  } else {
+    calibrate(model, batches);
+  }
 }
 
 zoo::Classifier prepare_from_float(const RunConfig& config, zoo::ClassifierImpl& float_model,

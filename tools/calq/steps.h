@@ -6,6 +6,7 @@
 #include <string>
 
 #include "calq/data/fashion_mnist.h"
+#include "calq/distributed/process_group.h"
 #include "calq/pipeline/training.h"
 #include "calq/qconfig.h"
 #include "calq/workflow.h"
@@ -20,11 +21,27 @@ struct Workspace {
   data::Dataset train;       ///< training images minus the validation split
   data::Dataset validation;  ///< --val-size training images held out for every choice
   data::Dataset test;
+  /// The job this process is a rank of (started by --nproc or an external launcher), else
+  /// null. Every rank runs the same steps; training, calibration and evaluation are shared
+  /// between the ranks; only rank 0 writes files and prints results.
+  std::shared_ptr<distributed::ProcessGroup> group;
+
+  /// Whether this process writes files and prints results (rank 0, or the only process).
+  bool writer() const;
+  /// Waits until every rank got here (after rank 0 wrote files other ranks read); no-op in
+  /// one process.
+  void sync() const;
 };
 
-/// Reads the data set (limits applied), holds out the validation split and sets the thread
-/// count.
+/// Reads the data set (limits applied), holds out the validation split, joins the job when a
+/// launcher started this process (threads: --threads, or the cores divided among the local
+/// ranks), and sets the thread count.
 Workspace open_workspace(const RunConfig& config);
+
+/// Steps 3-4: calibrate `model` on `batches`, sharded over the ranks of ws.group when there is
+/// one (distributed::calibrate), else in this process (calq::calibrate).
+void calibrate_model(const Workspace& ws, zoo::Classifier& model,
+                     const std::vector<at::Tensor>& batches);
 
 /// The calibration recipe: fake_quant everywhere, `observer` on activations, min_max on
 /// weights, dtypes from --bits.

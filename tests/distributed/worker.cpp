@@ -1,0 +1,237 @@
+// One rank of the distributed tests' jobs (started by the tests through calq's launcher), or,
+// without RANK in the environment, the same computation in one process. Each scenario writes
+// its results to files the tests compare against an independent reference.
+//
+//   worker calibrate OUT BATCHES             every recipe of recipes.h: calibrate, save state
+//   worker qat OUT METHOD EPOCHS TAG [resume] [stop-after-epoch N] [no-overlap]
+//   worker syncbn OUT ROWS                   sync_batch_norm forward/backward on a known batch
+//   worker reducer OUT                       GradientReducer on known per-rank gradients
+//   worker fault OUT MODE TIMEOUT_SECONDS    rank 1 (or 0) dies / stops / fails mid-collective
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <csignal>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "calq/distributed/data_parallel.h"
+#include "calq/distributed/gradient_reducer.h"
+#include "calq/distributed/observer_sync.h"
+#include "calq/distributed/process_group.h"
+#include "calq/distributed/sync_batch_norm.h"
+#include "calq/fake_quantize.h"
+#include "calq/pipeline/training.h"
+#include "calq/util/atomic_file.h"
+#include "distributed/recipes.h"
+
+namespace {
+
+using calq::distributed::ProcessGroup;
+
+std::shared_ptr<ProcessGroup> join() {
+  if (!calq::distributed::launched_by_environment()) return nullptr;
+  return std::make_shared<ProcessGroup>(calq::distributed::options_from_environment());
+}
+
+// "rank<r>" in a job, "single" in one process.
+std::string who(const std::shared_ptr<ProcessGroup>& group) {
+  return group ? "rank" + std::to_string(group->rank()) : "single";
+}
+
+void save_state(const torch::nn::Module& module, const std::string& path) {
+  calq::util::write_file_atomic(path, calq::distributed::serialize_state(module));
+}
+
+double now_seconds() {  // CLOCK_MONOTONIC: comparable between processes of one machine
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int calibrate(const std::string& out, int64_t count) {
+  auto group = join();
+  const auto batches = calq::testing::calibration_batches(count);
+  for (const auto& recipe : calq::testing::calibration_recipes()) {
+    calq::zoo::Classifier model = calq::testing::calibration_model(recipe);
+    nlohmann::json max_abs = nlohmann::json::object();
+    if (!group) {  // the reference records the largest |x| each quantizer saw (error bounds)
+      for (const auto& item : model->named_modules()) {
+        auto* fq = dynamic_cast<calq::FakeQuantizeImpl*>(item.value().get());
+        if (fq == nullptr) continue;
+        const std::string name = item.key();
+        fq->set_tap([name, &max_abs](const at::Tensor& x, const at::Tensor&) {
+          const double m = x.abs().max().item<double>();
+          max_abs[name] = std::max(max_abs.value(name, 0.0), m);
+        });
+      }
+      calq::calibrate(model, batches);
+    } else {
+      calq::distributed::calibrate(model, batches, *group);
+    }
+    save_state(*model, out + "/" + recipe.name + "." + who(group) + ".pt");
+    if (!group)
+      calq::util::write_file_atomic(out + "/" + recipe.name + ".maxabs.json", max_abs.dump());
+  }
+  return 0;
+}
+
+int qat(const std::string& out, const std::string& method, int64_t epochs, const std::string& tag,
+        const std::vector<std::string>& flags) {
+  auto group = join();
+  bool resume = false, overlap = true;
+  int64_t stop_after = -1;
+  for (size_t i = 0; i < flags.size(); ++i) {
+    if (flags[i] == "resume") resume = true;
+    if (flags[i] == "no-overlap") overlap = false;
+    if (flags[i] == "stop-after-epoch") stop_after = std::stoll(flags.at(++i));
+  }
+  calq::zoo::Classifier model = calq::testing::qat_model(method);
+  const calq::data::Dataset data = calq::testing::qat_dataset(96);
+  auto options = calq::pipeline::TrainOptions()
+                     .epochs(epochs)
+                     .batch_size(32)
+                     .lr(1e-3)
+                     .quantizer_lr(1e-4)
+                     .cosine(true)
+                     .freeze_bn_epochs(epochs > 1 ? 1 : 0)
+                     .seed(5)
+                     .quantized(true)
+                     .label("qat " + method)
+                     .checkpoint(out + "/" + tag + ".checkpoint.pt")
+                     .resume(resume)
+                     .process_group(group)
+                     .check_replicas_every(1)
+                     .bucket_bytes(overlap ? int64_t{64} << 10 : int64_t{4} << 20);
+  if (stop_after > 0) {
+    options.on_epoch_end([stop_after](int64_t finished) {
+      if (finished == stop_after) throw std::runtime_error("stopped after epoch (test)");
+    });
+  }
+  try {
+    const auto result = calq::pipeline::train(
+        *model, [&model](const at::Tensor& x) { return model->forward(x); }, data, options);
+    std::ofstream(out + "/" + tag + "." + who(group) + ".loss")
+        << std::setprecision(17) << result.final_loss << "\n";
+  } catch (const std::runtime_error& error) {
+    if (std::string(error.what()) == "stopped after epoch (test)") return 3;
+    throw;
+  }
+  save_state(*model, out + "/" + tag + "." + who(group) + ".pt");
+  return 0;
+}
+
+int syncbn(const std::string& out, int64_t rows) {
+  auto group = join();
+  TORCH_CHECK(group, "syncbn needs a job");
+  torch::manual_seed(3);
+  const at::Tensor x = torch::randn({rows, 3, 5, 4}) * 2.0 + 0.5;
+  const at::Tensor grad = torch::randn({rows, 3, 5, 4});
+  const at::Tensor weight0 = torch::tensor({1.5f, -0.5f, 2.0f});
+  const at::Tensor bias0 = torch::tensor({0.1f, 0.2f, -0.3f});
+  const auto part = calq::distributed::shard(rows, group->rank(), group->size());
+  at::Tensor local = x.narrow(0, part.first, part.second - part.first).clone().requires_grad_(true);
+  at::Tensor weight = weight0.clone().requires_grad_(true);
+  at::Tensor bias = bias0.clone().requires_grad_(true);
+  at::Tensor running_mean = torch::zeros({3});
+  at::Tensor running_var = torch::ones({3});
+  at::Tensor y = calq::distributed::sync_batch_norm(local, weight, bias, running_mean, running_var,
+                                                    0.1, 1e-5, *group);
+  y.backward(grad.narrow(0, part.first, part.second - part.first));
+  at::Tensor input_grad = local.grad().defined() ? local.grad() : torch::zeros_like(local);
+  torch::save(std::vector<at::Tensor>{y.detach(), input_grad, weight.grad(), bias.grad(),
+                                      running_mean, running_var},
+              out + "/syncbn." + who(group) + ".pt");
+  return 0;
+}
+
+int reducer(const std::string& out) {
+  auto group = join();
+  TORCH_CHECK(group, "reducer needs a job");
+  const int64_t r = group->rank();
+  // Five parameters, one never used; buckets of at most 64 bytes (16 floats).
+  std::vector<at::Tensor> params;
+  for (int64_t n : {3, 20, 7, 5, 9}) params.push_back(torch::zeros({n}).requires_grad_(true));
+  calq::distributed::GradientReducer reducer(
+      params, group, calq::distributed::GradientReducerOptions().bucket_bytes(64));
+  nlohmann::json report;
+  for (int step = 0; step < 2; ++step) {
+    for (auto& p : params) p.mutable_grad() = at::Tensor();
+    at::Tensor loss = torch::zeros({});
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (i == 2) continue;  // unused
+      // d loss / d p = (r + 1) * (i + 1) * (step + 1): integers, exact in float.
+      loss = loss + params[i].sum() * static_cast<double>((r + 1) * (i + 1) * (step + 1));
+    }
+    loss.backward();
+    reducer.finish();
+    std::vector<double> sums;
+    for (auto& p : params) sums.push_back(p.grad().sum().item<double>());
+    report["steps"].push_back({{"sums", sums}, {"overlapped", reducer.buckets_overlapped()}});
+  }
+  report["buckets"] = reducer.num_buckets();
+  report["bytes"] = reducer.bytes_per_step();
+  calq::util::write_file_atomic(out + "/reducer." + who(group) + ".json", report.dump());
+  return 0;
+}
+
+int fault(const std::string& out, const std::string& mode, double timeout) {
+  calq::distributed::ProcessGroupOptions options = calq::distributed::options_from_environment();
+  options.timeout(std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
+  ProcessGroup group(options);
+  const int64_t victim = mode.back() == '0' ? 0 : 1;
+  const std::string what = mode.substr(0, mode.size() - 1);  // kill, stop, fail
+  at::Tensor big = torch::ones({int64_t{1} << 22});          // 16 MB: the kill lands mid-transfer
+  try {
+    for (int i = 0; i < 1000; ++i) {
+      if (group.rank() == victim && i == 3) {
+        std::ofstream(out + "/death.time") << std::to_string(now_seconds()) << "\n";
+        if (what == "fail") TORCH_CHECK(false, "simulated failure on rank ", victim);
+        auto pending = group.all_reduce_async({big}, "test all-reduce");
+        if (what == "kill") std::raise(SIGKILL);
+        if (what == "stop") std::raise(SIGSTOP);
+      }
+      std::vector<at::Tensor> tensors{big};
+      group.all_reduce(tensors);
+      big.fill_(1.0f);
+    }
+  } catch (const c10::Error& error) {
+    std::ofstream(out + "/error.rank" + std::to_string(group.rank()) + ".txt")
+        << now_seconds() << "\n"
+        << error.what_without_backtrace() << "\n";
+    throw;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  at::set_num_threads(1);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    TORCH_CHECK(args.size() >= 2, "usage: worker SCENARIO OUT ...");
+    const std::string& scenario = args[0];
+    const std::string& out = args[1];
+    if (scenario == "calibrate") return calibrate(out, std::stoll(args.at(2)));
+    if (scenario == "qat") {
+      return qat(out, args.at(2), std::stoll(args.at(3)), args.at(4),
+                 std::vector<std::string>(args.begin() + 5, args.end()));
+    }
+    if (scenario == "syncbn") return syncbn(out, std::stoll(args.at(2)));
+    if (scenario == "reducer") return reducer(out);
+    if (scenario == "fault") return fault(out, args.at(2), std::stod(args.at(3)));
+    TORCH_CHECK(false, "unknown scenario '", scenario, "'");
+  } catch (const c10::Error& error) {
+    std::cerr << "worker " << (std::getenv("RANK") ? std::getenv("RANK") : "-")
+              << ": error: " << error.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& error) {
+    std::cerr << "worker: error: " << error.what() << "\n";
+    return 1;
+  }
+}
