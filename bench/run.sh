@@ -10,7 +10,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-valid_suites="kernels observers workflow compare"
+valid_suites="kernels observers workflow compare distributed"
 
 usage() {
   echo "usage: bench/run.sh SUITE [--json FILE] [suite flags]; valid suites: ${valid_suites}" >&2
@@ -41,6 +41,12 @@ case "${suite}" in
     # calq run vs the same workflow in PyTorch eager mode (bench/compare_pytorch.py), same
     # data, epochs, seed and threads; accuracy and time side by side
     target="calq_cli"
+    ;;
+  distributed)
+    # data-parallel QAT: parameters and bytes all-reduced per step of every zoo model, QAT
+    # step time at 1 process x 1 and 2 threads and 2 processes x 1 thread (same global batch),
+    # all-reduce time between 2 local processes (docs/distributed.md)
+    target="calq_distributed_bench"
     ;;
   -h | --help)
     usage

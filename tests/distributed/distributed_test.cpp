@@ -6,16 +6,20 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <sstream>
 #include <string>
 
+#include "calq/data/fashion_mnist.h"
 #include "calq/distributed/data_parallel.h"
 #include "calq/distributed/launch.h"
 #include "calq/fake_quantize.h"
+#include "calq/observers/registry.h"
 #include "distributed/recipes.h"
 
 namespace {
@@ -133,6 +137,7 @@ TEST_P(DistributedCalibration, EqualsOneProcess) {
     const auto q0 = quantizers(*rank0);
     ASSERT_EQ(qs.size(), q0.size());
     int64_t checked_running = 0;
+    double worst_ratio = 0.0;
     for (size_t i = 0; i < qs.size(); ++i) {
       const std::string& path = qs[i].first;
       const auto& a = qs[i].second->observer();
@@ -155,6 +160,7 @@ TEST_P(DistributedCalibration, EqualsOneProcess) {
         const double diff =
             (item.value().to(at::kDouble) - other.to(at::kDouble)).abs().max().item<double>();
         EXPECT_LE(diff, bound) << path << "." << item.key();
+        worst_ratio = std::max(worst_ratio, diff / bound);
         ++checked_running;
       }
       // The scales every rank quantizes with afterwards.
@@ -166,11 +172,40 @@ TEST_P(DistributedCalibration, EqualsOneProcess) {
     }
     if (recipe.averaging_constant > 0.0 && recipe.averaging_constant < 1.0 && batches > 1) {
       EXPECT_GT(checked_running, 0);
+      std::cout << "[ " << recipe.name << " ] largest difference / bound = " << worst_ratio << "\n";
     }
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Batches, DistributedCalibration, ::testing::Values(5, 1));
+
+// An observer fed global_observer_input(its rank's rows) on each of 2 ranks ends, bit for bit,
+// where one observer fed the whole batches ends, for every kind: extremes shared for min_max
+// (per-tensor and per-channel) and clip, whole activations for the others and for
+// skip_nonfinite (whose batch holds a NaN), nothing for fixed_scale.
+TEST(GlobalObserverInput, ObserverTakesTheStepOfTheGlobalBatch) {
+  const std::string out = temp_dir("observers");
+  ASSERT_EQ(run_single({"observers", out}), 0);
+  const LaunchResult job = run_job(2, {"observers", out});
+  ASSERT_EQ(job.exit_code(), 0) << job.summary();
+  for (const auto& c : calq::testing::observer_cases()) {
+    SCOPED_TRACE(c.name);
+    auto single = calq::observers::make_observer(c.kind, c.spec, c.kwargs);
+    auto rank0 = calq::observers::make_observer(c.kind, c.spec, c.kwargs);
+    auto rank1 = calq::observers::make_observer(c.kind, c.spec, c.kwargs);
+    load_state(*single, out + "/" + c.name + ".single.pt");
+    load_state(*rank0, out + "/" + c.name + ".rank0.pt");
+    load_state(*rank1, out + "/" + c.name + ".rank1.pt");
+    EXPECT_EQ(single->batches_seen(), 3);
+    expect_identical(*single, *rank0, "one process vs rank 0");
+    expect_identical(*single, *rank1, "one process vs rank 1");
+  }
+  // The NaN was dropped and counted once, as in one process.
+  auto skipping =
+      calq::observers::make_observer("min_max", calq::QuantSpec(), {{"skip_nonfinite", true}});
+  load_state(*skipping, out + "/min_max_skip_nonfinite.rank1.pt");
+  EXPECT_EQ(skipping->nonfinite_count(), 1);
+}
 
 // sync_batch_norm over 2 ranks equals float64 batch norm of the whole batch: the output rows,
 // the input gradient rows, the running statistics, and (summed over ranks) the weight and bias
@@ -247,9 +282,14 @@ struct QatCase {
   int64_t epochs;
 };
 
+void PrintTo(const QatCase& c, std::ostream* out) {
+  *out << c.method << ", " << c.epochs << " epoch(s)";
+}
+
 class DataParallelQat : public ::testing::TestWithParam<QatCase> {};
 
-// Epochs of 3 steps (global batch 32; with 2 epochs the second has batch norm frozen): the two
+// Epochs of 3 steps (global batch 32; with 2 epochs the second has batch norm frozen; "float"
+// trains the unfused float model, batch norm synchronized after the convolution): the two
 // ranks (16 rows each) hold bit-identical parameters and buffers after every step (the worker
 // checks each step with check_replicas) and at the end, and the result equals one process
 // training on the whole batch within float tolerance: every parameter's difference is below
@@ -305,8 +345,22 @@ TEST_P(DataParallelQat, EqualsOneProcessWithTheSameGlobalBatch) {
 
 INSTANTIATE_TEST_SUITE_P(Methods, DataParallelQat,
                          ::testing::Values(QatCase{"fake_quant", 2}, QatCase{"pact", 2},
-                                           QatCase{"lsq", 1}),
+                                           QatCase{"lsq", 1}, QatCase{"float", 2},
+                                           QatCase{"fake_quant_percentile", 2}),
                          [](const auto& info) { return info.param.method; });
+
+// Evaluation shared by 2 ranks (7 batches: 3 and 4) gives every rank the whole result, image
+// by image equal to one process's.
+TEST(DistributedEvaluation, EqualsOneProcess) {
+  const std::string out = temp_dir("evaluate");
+  ASSERT_EQ(run_single({"evaluate", out}), 0);
+  const LaunchResult job = run_job(2, {"evaluate", out});
+  ASSERT_EQ(job.exit_code(), 0) << job.summary();
+  const std::string single = read_text(out + "/evaluate.single.txt");
+  EXPECT_EQ(single.size() - single.find('\n') - 1, 100u);  // top-1, then one byte per image
+  EXPECT_EQ(read_text(out + "/evaluate.rank0.txt"), single);
+  EXPECT_EQ(read_text(out + "/evaluate.rank1.txt"), single);
+}
 
 // A job stopped after epoch 1 (its checkpoint written by rank 0) and resumed equals, bit for
 // bit, the same job run without interruption: the resume restores the same state on every rank.
@@ -330,3 +384,101 @@ TEST(DataParallelQatResume, ResumedJobEqualsUninterruptedJob) {
 }
 
 }  // namespace
+
+#ifdef CALQ_CLI_PATH
+namespace {
+
+struct CliResult {
+  int exit_code;
+  std::string output;
+};
+
+// `environment`: "NAME=value ..." set for the command only.
+CliResult run_cli(const std::string& arguments, const std::string& environment = "") {
+  const std::string command =
+      environment + " " + std::string(CALQ_CLI_PATH) + " " + arguments + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  CliResult result{-1, ""};
+  if (pipe == nullptr) return result;
+  char buffer[4096];
+  while (fgets(buffer, sizeof(buffer), pipe) != nullptr) result.output += buffer;
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+bool dataset_installed() {
+  return std::filesystem::exists(calq::data::fashion_mnist_file(
+      calq::data::fashion_mnist_dir(), calq::data::Split::test, /*labels=*/false));
+}
+
+constexpr const char* kSmall =
+    "--limit-train 640 --limit-test 128 --val-size 128 --epochs 1 --calib-batches 3 "
+    "--threads 1 --quiet";
+
+// Every scale of two `calq export` files, per quantizer path.
+std::map<std::string, std::vector<double>> exported_scales(const std::string& path) {
+  std::map<std::string, std::vector<double>> scales;
+  const nlohmann::json file = nlohmann::json::parse(read_text(path));
+  for (const auto& item : file.items()) {
+    scales[item.key()] = item.value().at("scale").get<std::vector<double>>();
+  }
+  return scales;
+}
+
+// calq calibrate --nproc 2 on the float model of a one-process run exports the same scales as
+// calq calibrate in one process: bit for bit with a histogram observer (kl, percentile), within
+// the running-average bound with min_max (c = 0.01, 3 batches: 1 + 2 * 1.02 * 2 = 5.1 float32
+// roundings of the range; scales are proportional to it, so a relative 1e-6 holds it).
+TEST(CliNproc, CalibrateWithTwoProcessesEqualsOneProcess) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = temp_dir("cli_calibrate");
+  const std::string small = std::string(kSmall) + " --batch-size 32 --out " + out;
+  CliResult r = run_cli("train " + small);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const std::string observer : {"kl", "percentile", "min_max"}) {
+    const std::string model = out + "/calibrated/" + observer + ".pt";
+    r = run_cli("calibrate " + small + " --observer " + observer);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_EQ(run_cli("export --checkpoint " + model + " --json " + out + "/one.json").exit_code,
+              0);
+    r = run_cli("calibrate " + small + " --nproc 2 --observer " + observer);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_EQ(run_cli("export --checkpoint " + model + " --json " + out + "/two.json").exit_code,
+              0);
+    if (observer != "min_max") {
+      EXPECT_EQ(read_text(out + "/one.json"), read_text(out + "/two.json")) << observer;
+      continue;
+    }
+    const auto one = exported_scales(out + "/one.json");
+    const auto two = exported_scales(out + "/two.json");
+    ASSERT_EQ(one.size(), two.size());
+    for (const auto& item : one) {
+      const auto& other = two.at(item.first);
+      ASSERT_EQ(item.second.size(), other.size()) << item.first;
+      for (size_t i = 0; i < other.size(); ++i) {
+        EXPECT_NEAR(item.second[i], other[i], 1e-6 * item.second[i]) << item.first;
+      }
+    }
+  }
+}
+
+// The launcher's errors reach the user: a rank that cannot start its job is reported by rank,
+// and --nproc under an external launcher is refused.
+TEST(CliNproc, ErrorsNameTheRank) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = temp_dir("cli_errors");
+  CliResult r = run_cli(std::string("train ") + kSmall + " --nproc 2 --batch-size 1 --out " + out);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("calq: rank 0: error: train: batch_size 1 is smaller than the 2 ranks"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("calq: rank"), std::string::npos) << r.output;
+  r = run_cli("train --nproc 2 --out " + out,
+              "RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("leave --nproc out under a launcher"), std::string::npos) << r.output;
+}
+
+}  // namespace
+#endif

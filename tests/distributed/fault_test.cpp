@@ -82,6 +82,10 @@ struct FaultCase {
   int64_t survivor;
 };
 
+void PrintTo(const FaultCase& c, std::ostream* out) {
+  *out << c.mode;
+}
+
 class DeadRank : public ::testing::TestWithParam<FaultCase> {};
 
 // Rank `victim` dies (SIGKILL right after starting a 16 MB all-reduce), stops (SIGSTOP: alive

@@ -4,6 +4,9 @@
 //
 //   worker calibrate OUT BATCHES             every recipe of recipes.h: calibrate, save state
 //   worker qat OUT METHOD EPOCHS TAG [resume] [stop-after-epoch N] [no-overlap]
+//                                            (METHOD float: float training of the unfused model)
+//   worker evaluate OUT                      evaluate_each on a calibrated model
+//   worker observers OUT                     global_observer_input for every observer kind
 //   worker syncbn OUT ROWS                   sync_batch_norm forward/backward on a known batch
 //   worker reducer OUT                       GradientReducer on known per-rank gradients
 //   worker fault OUT MODE TIMEOUT_SECONDS    rank 1 (or 0) dies / stops / fails mid-collective
@@ -27,6 +30,7 @@
 #include "calq/distributed/process_group.h"
 #include "calq/distributed/sync_batch_norm.h"
 #include "calq/fake_quantize.h"
+#include "calq/observers/registry.h"
 #include "calq/pipeline/training.h"
 #include "calq/util/atomic_file.h"
 #include "distributed/recipes.h"
@@ -100,7 +104,7 @@ int qat(const std::string& out, const std::string& method, int64_t epochs, const
                      .cosine(true)
                      .freeze_bn_epochs(epochs > 1 ? 1 : 0)
                      .seed(5)
-                     .quantized(true)
+                     .quantized(method != "float")
                      .label("qat " + method)
                      .checkpoint(out + "/" + tag + ".checkpoint.pt")
                      .resume(resume)
@@ -122,6 +126,40 @@ int qat(const std::string& out, const std::string& method, int64_t epochs, const
     throw;
   }
   save_state(*model, out + "/" + tag + "." + who(group) + ".pt");
+  return 0;
+}
+
+// Every observer case fed three global batches: in a job each rank passes its rows through
+// global_observer_input; in one process the observer sees the whole batches.
+int observers(const std::string& out) {
+  auto group = join();
+  for (const auto& c : calq::testing::observer_cases()) {
+    auto observer = calq::observers::make_observer(c.kind, c.spec, c.kwargs);
+    for (const at::Tensor& batch :
+         calq::testing::observer_batches(c.name == "min_max_skip_nonfinite")) {
+      if (!group) {
+        observer->update(batch);
+        continue;
+      }
+      const auto part = calq::distributed::shard(batch.size(0), group->rank(), group->size());
+      const at::Tensor mine = batch.narrow(0, part.first, part.second - part.first);
+      observer->update(calq::distributed::global_observer_input(mine, *observer, *group));
+    }
+    save_state(*observer, out + "/" + c.name + "." + who(group) + ".pt");
+  }
+  return 0;
+}
+
+int evaluate(const std::string& out) {
+  auto group = join();
+  calq::zoo::Classifier model = calq::testing::qat_model("pact");
+  const calq::data::Dataset data = calq::testing::qat_dataset(100);
+  // 7 batches of 16 (the last of 4): ranks get 3 and 4 of them.
+  const auto result =
+      calq::pipeline::evaluate_each(*model, data, /*quantized=*/true, 16, "eval", group);
+  std::ofstream(out + "/evaluate." + who(group) + ".txt")
+      << std::setprecision(17) << result.top1 << "\n"
+      << std::string(result.correct.begin(), result.correct.end());
   return 0;
 }
 
@@ -223,6 +261,8 @@ int main(int argc, char** argv) {
                  std::vector<std::string>(args.begin() + 5, args.end()));
     }
     if (scenario == "syncbn") return syncbn(out, std::stoll(args.at(2)));
+    if (scenario == "evaluate") return evaluate(out);
+    if (scenario == "observers") return observers(out);
     if (scenario == "reducer") return reducer(out);
     if (scenario == "fault") return fault(out, args.at(2), std::stod(args.at(3)));
     TORCH_CHECK(false, "unknown scenario '", scenario, "'");

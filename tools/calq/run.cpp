@@ -29,7 +29,7 @@ nlohmann::json previous_results(const RunConfig& config) {
   nlohmann::json previous_config = previous.value("config", nlohmann::json::object());
   nlohmann::json current_config = config.to_json();
   // How the work is spread (threads, processes) does not change the results' meaning.
-  for (const char* key : {"threads_used", "nproc", "dist_timeout"}) {
+  for (const char* key : {"threads_used", "processes_used", "nproc", "dist_timeout"}) {
     previous_config.erase(key);
     current_config.erase(key);
   }
