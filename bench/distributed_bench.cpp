@@ -13,6 +13,8 @@
 //                launcher; each rank trains on half of every batch);
 //   allreduce    one all-reduce between the 2 processes (Gloo over loopback), 4 KB .. 64 MB,
 //                median of several.
+// The three configurations run in turn, --rounds times (default 3); each figure is the median
+// round (a shared machine's load then hits every configuration alike).
 // Synthetic 1x28x28 images, 10 classes; QAT recipe as the CLI (activations `method` with
 // min_max, weights lsq for lsq else fake_quant; Adam, constant learning rate).
 #include <ATen/Parallel.h>
@@ -27,6 +29,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -52,6 +55,7 @@ struct Settings {
   int64_t batch = 64;
   std::vector<std::string> models = {"cnn", "resnet", "mobilenet"};
   std::vector<std::string> methods = {"fake_quant", "lsq"};
+  int64_t rounds = 3;
   std::string json;
 };
 
@@ -177,15 +181,8 @@ int driver_main(const Settings& s, const std::vector<std::string>& argv) {
     }
   }
 
-  for (const int threads : {1, 2}) {
-    at::set_num_threads(threads);
-    for (const auto& name : s.models) {
-      for (const auto& method : s.methods) {
-        report["step"]["1x" + std::to_string(threads)][name][method] =
-            step_seconds(name, method, s, nullptr);
-      }
-    }
-  }
+  // Rounds of every configuration in turn, so that load from other processes on a shared
+  // machine hits each alike; the median round is reported.
   const std::string out = (std::filesystem::temp_directory_path() /
                            ("calq_distributed_bench_" + std::to_string(getpid()) + ".json"))
                               .string();
@@ -193,14 +190,51 @@ int driver_main(const Settings& s, const std::vector<std::string>& argv) {
   command.insert(command.end(), argv.begin(), argv.end());
   command.push_back("--rank-out");
   command.push_back(out);
-  const auto job = calq::distributed::launch_local(
-      calq::distributed::LaunchOptions(2, command).threads_per_process(1));
-  TORCH_CHECK(job.exit_code() == 0, "the 2-process job failed: ", job.summary());
-  std::ifstream in(out);
-  const nlohmann::json ranks = nlohmann::json::parse(in);
+  std::map<std::string, std::vector<double>> samples;  // "config/model/method"
+  std::map<int64_t, std::vector<double>> allreduce;    // bytes -> seconds
+  for (int64_t round = 0; round < s.rounds; ++round) {
+    for (const int threads : {1, 2}) {
+      at::set_num_threads(threads);
+      for (const auto& name : s.models) {
+        for (const auto& method : s.methods) {
+          samples["1x" + std::to_string(threads) + "/" + name + "/" + method].push_back(
+              step_seconds(name, method, s, nullptr));
+        }
+      }
+    }
+    const auto job = calq::distributed::launch_local(
+        calq::distributed::LaunchOptions(2, command).threads_per_process(1));
+    TORCH_CHECK(job.exit_code() == 0, "the 2-process job failed: ", job.summary());
+    std::ifstream in(out);
+    const nlohmann::json ranks = nlohmann::json::parse(in);
+    for (const auto& name : s.models) {
+      for (const auto& method : s.methods) {
+        samples["2x1/" + name + "/" + method].push_back(ranks["step"][name][method].get<double>());
+      }
+    }
+    for (const auto& row : ranks["allreduce"]) {
+      allreduce[row["bytes"].get<int64_t>()].push_back(row["seconds"].get<double>());
+    }
+  }
   std::filesystem::remove(out);
-  report["step"]["2x1"] = ranks["step"];
-  report["allreduce"] = ranks["allreduce"];
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  for (const auto& item : samples) {
+    const auto first = item.first.find('/');
+    const auto second = item.first.find('/', first + 1);
+    report["step"][item.first.substr(0, first)][item.first.substr(first + 1, second - first - 1)]
+          [item.first.substr(second + 1)] = median(item.second);
+    report["step_samples"][item.first] = item.second;
+  }
+  for (const auto& item : allreduce) {
+    const double seconds = median(item.second);
+    report["allreduce"].push_back(
+        {{"bytes", item.first},
+         {"seconds", seconds},
+         {"gbit_per_s", 8.0 * static_cast<double>(item.first) / seconds / 1e9}});
+  }
 
   std::printf("\nQAT step, global batch %lld, ms (images/s)\n", static_cast<long long>(s.batch));
   std::printf(
@@ -246,6 +280,9 @@ int main(int argc, char** argv) {
         s.models = split(value);
       } else if (flag == "--methods") {
         s.methods = split(value);
+      } else if (flag == "--rounds") {
+        s.rounds = std::stoll(value);
+        continue;
       } else if (flag == "--json") {
         s.json = value;
         continue;
@@ -254,7 +291,7 @@ int main(int argc, char** argv) {
         continue;
       } else {
         TORCH_CHECK(false, "unknown flag ", flag,
-                    "; valid: --steps, --batch, --models, --methods, --json");
+                    "; valid: --steps, --batch, --models, --methods, --rounds, --json");
       }
       passed.push_back(flag);
       passed.push_back(value);

@@ -349,6 +349,55 @@ INSTANTIATE_TEST_SUITE_P(Methods, DataParallelQat,
                                            QatCase{"fake_quant_percentile", 2}),
                          [](const auto& info) { return info.param.method; });
 
+class DataParallelGradients : public ::testing::TestWithParam<std::string> {};
+
+// The gradients of one global batch of 32 rows: one process on all of it, and 2 ranks of 16
+// rows through DataParallel (weighted losses, synchronized batch norm and observers, the lsq
+// factor, summed in buckets during the backward). Per parameter, ||g_1 - g_2|| / ||g_1|| below
+// 1e-4 for the float model (float32 sums in another order, batch statistics combined in
+// float64) and below 1e-2 for the quantized recipes: their gradients are discontinuous in the
+// data (an ulp that carries one value across a rounding tie or a histogram bin edge changes a
+// quantized value by a whole step; measured up to 1e-3, percentile). A gradient off by a
+// constant factor k (the scale errors Adam would hide in the training comparison) shows as
+// |1 - 1/k|, e.g. 0.29 for sqrt(2).
+TEST_P(DataParallelGradients, EqualOneProcessOnTheGlobalBatch) {
+  const std::string method = GetParam();
+  const double tolerance = method == "float" ? 1e-4 : 1e-2;
+  const std::string out = temp_dir("gradients_" + method);
+  ASSERT_EQ(run_single({"gradients", out, method}), 0);
+  const LaunchResult job = run_job(2, {"gradients", out, method});
+  ASSERT_EQ(job.exit_code(), 0) << job.summary();
+  auto read = [&](const std::string& who) {
+    torch::serialize::InputArchive archive;
+    const std::string bytes = read_text(out + "/gradients_" + method + "." + who + ".pt");
+    archive.load_from(bytes.data(), bytes.size());
+    return archive;
+  };
+  auto single = read("single"), rank0 = read("rank0"), rank1 = read("rank1");
+  auto model = calq::testing::qat_model(method);
+  double worst = 0.0;
+  std::string worst_name;
+  for (const auto& p : model->named_parameters()) {
+    at::Tensor a, b, c;
+    single.read(p.key(), a);
+    rank0.read(p.key(), b);
+    rank1.read(p.key(), c);
+    EXPECT_TRUE(b.equal(c)) << p.key() << ": the ranks' summed gradients differ";
+    const at::Tensor one = a.to(at::kDouble);
+    const double difference = (one - b.to(at::kDouble)).norm().item<double>() /
+                              std::max(one.norm().item<double>(), 1e-30);
+    EXPECT_LT(difference, tolerance) << p.key();
+    if (difference > worst) worst = difference, worst_name = p.key();
+  }
+  std::cout << "[ gradients " << method
+            << " ] largest ||g_1proc - g_2proc|| / ||g_1proc|| = " << worst << " (" << worst_name
+            << ")\n";
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, DataParallelGradients,
+                         ::testing::Values("float", "fake_quant", "lsq", "pact",
+                                           "fake_quant_percentile"));
+
 // Evaluation shared by 2 ranks (7 batches: 3 and 4) gives every rank the whole result, image
 // by image equal to one process's.
 TEST(DistributedEvaluation, EqualsOneProcess) {

@@ -6,6 +6,7 @@
 //   worker qat OUT METHOD EPOCHS TAG [resume] [stop-after-epoch N] [no-overlap]
 //                                            (METHOD float: float training of the unfused model)
 //   worker evaluate OUT                      evaluate_each on a calibrated model
+//   worker gradients OUT METHOD              the gradients of one global batch
 //   worker observers OUT                     global_observer_input for every observer kind
 //   worker syncbn OUT ROWS                   sync_batch_norm forward/backward on a known batch
 //   worker reducer OUT                       GradientReducer on known per-rank gradients
@@ -20,6 +21,7 @@
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -150,6 +152,43 @@ int observers(const std::string& out) {
   return 0;
 }
 
+// One forward and backward of the first global batch (32 rows): in one process on all of it,
+// in a job through DataParallel (each rank its 16 rows, its loss weighted by its share, the
+// gradients summed). Saves every parameter's gradient.
+int gradients(const std::string& out, const std::string& method) {
+  auto group = join();
+  calq::zoo::Classifier model = calq::testing::qat_model(method);
+  if (method == "float") model->train();
+  const calq::data::Dataset data = calq::testing::qat_dataset(32);
+  std::unique_ptr<calq::distributed::DataParallel> parallel;
+  at::Tensor images = data.images, labels = data.labels;
+  double weight = 1.0;
+  if (group) {
+    parallel = std::make_unique<calq::distributed::DataParallel>(
+        *model, group, calq::distributed::DataParallelOptions().bucket_bytes(int64_t{64} << 10));
+    const auto part = calq::distributed::shard(32, group->rank(), group->size());
+    const int64_t rows = part.second - part.first;
+    images = images.narrow(0, part.first, rows);
+    labels = labels.narrow(0, part.first, rows);
+    weight = static_cast<double>(rows) / 32.0;
+    parallel->set_batch_share(rows, 32);
+  }
+  at::Tensor loss = at::cross_entropy_loss(model->forward(images), labels) * weight;
+  loss.backward();
+  if (parallel) parallel->finish_gradients();
+  torch::serialize::OutputArchive archive;
+  for (const auto& p : model->named_parameters()) {
+    archive.write(p.key(),
+                  p.value().grad().defined() ? p.value().grad() : at::zeros_like(p.value()));
+  }
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  calq::util::write_file_atomic(out + "/gradients_" + method + "." + who(group) + ".pt",
+                                bytes.str());
+  save_state(*model, out + "/gradients_" + method + ".state." + who(group) + ".pt");
+  return 0;
+}
+
 int evaluate(const std::string& out) {
   auto group = join();
   calq::zoo::Classifier model = calq::testing::qat_model("pact");
@@ -262,6 +301,7 @@ int main(int argc, char** argv) {
     }
     if (scenario == "syncbn") return syncbn(out, std::stoll(args.at(2)));
     if (scenario == "evaluate") return evaluate(out);
+    if (scenario == "gradients") return gradients(out, args.at(2));
     if (scenario == "observers") return observers(out);
     if (scenario == "reducer") return reducer(out);
     if (scenario == "fault") return fault(out, args.at(2), std::stod(args.at(3)));
