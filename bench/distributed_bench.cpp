@@ -10,7 +10,10 @@
 //                (default 64), after --steps warm-up steps, as the mean of --steps steps
 //                (default 10): one process with 1 thread, one process with 2 threads, and a
 //                job of 2 processes with 1 thread each (this program, started through calq's
-//                launcher; each rank trains on half of every batch);
+//                launcher; each rank trains on half of every batch); wall time, the CPU
+//                time of all processes (what a step costs when the cores are shared), and
+//                the time a rank is blocked in collectives (data movement, waiting for the
+//                slower rank);
 //   allreduce    one all-reduce between the 2 processes (Gloo over loopback), 4 KB .. 64 MB,
 //                median of several.
 // The three configurations run in turn, --rounds times (default 3); each figure is the median
@@ -35,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include <time.h>
 #include <unistd.h>
 
 #include "calq/distributed/launch.h"
@@ -112,11 +116,24 @@ nlohmann::json count_parameters(const std::string& name, const std::string& meth
           {"bytes_per_step", 4 * (weights + quantizer)}};
 }
 
-// Mean seconds per QAT step of the global batch over `steps` steps, after `steps` warm-up steps.
-double step_seconds(const std::string& name, const std::string& method, const Settings& s,
-                    const std::shared_ptr<ProcessGroup>& group) {
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// Wall and CPU (this process, every thread) seconds per QAT step of the global batch: the
+// mean over `steps` steps, after `steps` warm-up steps.
+struct StepTime {
+  double wall = 0.0;
+  double cpu = 0.0;
+  double wait = 0.0;  ///< blocked in collectives (a job's ranks)
+};
+StepTime step_time(const std::string& name, const std::string& method, const Settings& s,
+                   const std::shared_ptr<ProcessGroup>& group) {
   calq::zoo::Classifier model = model_for(name, method);
-  std::vector<Clock::time_point> ends;
+  std::vector<std::pair<Clock::time_point, double>> ends;
+  std::vector<double> waits;
   calq::pipeline::train(*model, synthetic(s.batch * s.steps),
                         calq::pipeline::TrainOptions()
                             .epochs(2)
@@ -124,8 +141,13 @@ double step_seconds(const std::string& name, const std::string& method, const Se
                             .cosine(false)
                             .quantized(method != "float")
                             .process_group(group)
-                            .on_epoch_end([&ends](int64_t) { ends.push_back(Clock::now()); }));
-  return std::chrono::duration<double>(ends[1] - ends[0]).count() / static_cast<double>(s.steps);
+                            .on_epoch_end([&](int64_t) {
+                              ends.emplace_back(Clock::now(), process_cpu_seconds());
+                              waits.push_back(group ? group->wait_seconds() : 0.0);
+                            }));
+  const double steps = static_cast<double>(s.steps);
+  return {std::chrono::duration<double>(ends[1].first - ends[0].first).count() / steps,
+          (ends[1].second - ends[0].second) / steps, (waits[1] - waits[0]) / steps};
 }
 
 nlohmann::json allreduce_times(ProcessGroup& group) {
@@ -153,11 +175,12 @@ int rank_main(const Settings& s, const std::string& out) {
   nlohmann::json result;
   for (const auto& name : s.models) {
     for (const auto& method : s.methods) {
-      result["step"][name][method] = step_seconds(name, method, s, group);
+      const StepTime t = step_time(name, method, s, group);
+      result["step"][name][method] = {{"wall", t.wall}, {"cpu", t.cpu}, {"wait", t.wait}};
     }
   }
   result["allreduce"] = allreduce_times(*group);
-  if (group->rank() == 0) std::ofstream(out) << result.dump(2);
+  std::ofstream(out + ".rank" + std::to_string(group->rank())) << result.dump(2);
   return 0;
 }
 
@@ -190,33 +213,45 @@ int driver_main(const Settings& s, const std::vector<std::string>& argv) {
   command.insert(command.end(), argv.begin(), argv.end());
   command.push_back("--rank-out");
   command.push_back(out);
-  std::map<std::string, std::vector<double>> samples;  // "config/model/method"
+  std::map<std::string, std::vector<double>> samples;  // "config/model/method", wall seconds
+  std::map<std::string, std::vector<double>> cpu;      // the same keys, CPU seconds (all ranks)
+  std::map<std::string, std::vector<double>> wait;     // 2x1 keys: rank seconds in collectives
   std::map<int64_t, std::vector<double>> allreduce;    // bytes -> seconds
   for (int64_t round = 0; round < s.rounds; ++round) {
     for (const int threads : {1, 2}) {
       at::set_num_threads(threads);
       for (const auto& name : s.models) {
         for (const auto& method : s.methods) {
-          samples["1x" + std::to_string(threads) + "/" + name + "/" + method].push_back(
-              step_seconds(name, method, s, nullptr));
+          const std::string key = "1x" + std::to_string(threads) + "/" + name + "/" + method;
+          const StepTime t = step_time(name, method, s, nullptr);
+          samples[key].push_back(t.wall);
+          cpu[key].push_back(t.cpu);
         }
       }
     }
     const auto job = calq::distributed::launch_local(
         calq::distributed::LaunchOptions(2, command).threads_per_process(1));
     TORCH_CHECK(job.exit_code() == 0, "the 2-process job failed: ", job.summary());
-    std::ifstream in(out);
-    const nlohmann::json ranks = nlohmann::json::parse(in);
+    std::vector<nlohmann::json> ranks;
+    for (int r = 0; r < 2; ++r) {
+      std::ifstream in(out + ".rank" + std::to_string(r));
+      ranks.push_back(nlohmann::json::parse(in));
+      std::filesystem::remove(out + ".rank" + std::to_string(r));
+    }
     for (const auto& name : s.models) {
       for (const auto& method : s.methods) {
-        samples["2x1/" + name + "/" + method].push_back(ranks["step"][name][method].get<double>());
+        const std::string key = "2x1/" + name + "/" + method;
+        const auto& a = ranks[0]["step"][name][method];
+        const auto& b = ranks[1]["step"][name][method];
+        samples[key].push_back(std::max(a["wall"].get<double>(), b["wall"].get<double>()));
+        cpu[key].push_back(a["cpu"].get<double>() + b["cpu"].get<double>());
+        wait[key].push_back(std::max(a["wait"].get<double>(), b["wait"].get<double>()));
       }
     }
-    for (const auto& row : ranks["allreduce"]) {
+    for (const auto& row : ranks[0]["allreduce"]) {
       allreduce[row["bytes"].get<int64_t>()].push_back(row["seconds"].get<double>());
     }
   }
-  std::filesystem::remove(out);
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
@@ -224,8 +259,12 @@ int driver_main(const Settings& s, const std::vector<std::string>& argv) {
   for (const auto& item : samples) {
     const auto first = item.first.find('/');
     const auto second = item.first.find('/', first + 1);
-    report["step"][item.first.substr(0, first)][item.first.substr(first + 1, second - first - 1)]
-          [item.first.substr(second + 1)] = median(item.second);
+    const std::string config = item.first.substr(0, first);
+    const std::string model = item.first.substr(first + 1, second - first - 1);
+    const std::string method = item.first.substr(second + 1);
+    report["step"][config][model][method] = median(item.second);
+    report["step_cpu"][config][model][method] = median(cpu[item.first]);
+    if (wait.count(item.first)) report["step_wait"][model][method] = median(wait[item.first]);
     report["step_samples"][item.first] = item.second;
   }
   for (const auto& item : allreduce) {
@@ -236,18 +275,22 @@ int driver_main(const Settings& s, const std::vector<std::string>& argv) {
          {"gbit_per_s", 8.0 * static_cast<double>(item.first) / seconds / 1e9}});
   }
 
-  std::printf("\nQAT step, global batch %lld, ms (images/s)\n", static_cast<long long>(s.batch));
+  std::printf(
+      "\nQAT step, global batch %lld: wall ms (images/s) / CPU ms of all processes per step\n",
+      static_cast<long long>(s.batch));
   std::printf(
       "| model | method | 1 process x 1 thread | 1 process x 2 threads | 2 processes x 1 thread "
-      "|\n|---|---|---:|---:|---:|\n");
+      "| of which in collectives (2 x 1) |\n|---|---|---:|---:|---:|---:|\n");
   for (const auto& name : s.models) {
     for (const auto& method : s.methods) {
       std::printf("| %s | %s", name.c_str(), method.c_str());
       for (const char* config : {"1x1", "1x2", "2x1"}) {
         const double seconds = report["step"][config][name][method].get<double>();
-        std::printf(" | %.1f (%.0f)", seconds * 1e3, static_cast<double>(s.batch) / seconds);
+        const double cpu_seconds = report["step_cpu"][config][name][method].get<double>();
+        std::printf(" | %.1f (%.0f) / %.1f", seconds * 1e3, static_cast<double>(s.batch) / seconds,
+                    cpu_seconds * 1e3);
       }
-      std::printf(" |\n");
+      std::printf(" | %.1f |\n", report["step_wait"][name][method].get<double>() * 1e3);
     }
   }
   std::printf(

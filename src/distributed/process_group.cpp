@@ -410,11 +410,14 @@ void ProcessGroup::fail(const std::string& what, int64_t sequence, const std::st
 
 void ProcessGroup::wait_work(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what,
                              int64_t sequence) {
+  const auto start = Clock::now();
   try {
     work->wait();
   } catch (const std::exception& error) {
     fail(what, sequence, message_of(error));
   }
+  wait_nanoseconds_ +=
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
 }
 
 void ProcessGroup::run(const std::string& what,

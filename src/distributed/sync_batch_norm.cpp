@@ -1,6 +1,8 @@
 #include "calq/distributed/sync_batch_norm.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
 
@@ -14,17 +16,51 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Reduction dimensions (every one but the channel dimension 1) and the shape that broadcasts a
-// per-channel vector against the input.
-std::vector<int64_t> reduce_dims(const at::Tensor& x) {
-  std::vector<int64_t> dims{0};
-  for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
-  return dims;
+// Per-channel sums of dy and of dy * x over a contiguous (rows, channels, plane) block, in
+// float64 (four partial sums per channel so the additions do not wait on each other).
+template <typename scalar_t>
+void channel_sums(const scalar_t* dy, const scalar_t* x, int64_t rows, int64_t channels,
+                  int64_t plane, double* sum_dy, double* sum_dy_x) {
+  at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* g = dy + (r * channels + c) * plane;
+        const scalar_t* v = x + (r * channels + c) * plane;
+        int64_t j = 0;
+        for (; j + 4 <= plane; j += 4) {
+          for (int k = 0; k < 4; ++k) {
+            a[k] += static_cast<double>(g[j + k]);
+            b[k] += static_cast<double>(g[j + k]) * static_cast<double>(v[j + k]);
+          }
+        }
+        for (; j < plane; ++j) {
+          a[0] += static_cast<double>(g[j]);
+          b[0] += static_cast<double>(g[j]) * static_cast<double>(v[j]);
+        }
+      }
+      sum_dy[c] = (a[0] + a[1]) + (a[2] + a[3]);
+      sum_dy_x[c] = (b[0] + b[1]) + (b[2] + b[3]);
+    }
+  });
 }
-std::vector<int64_t> channel_shape(const at::Tensor& x) {
-  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
-  shape[1] = x.size(1);
-  return shape;
+
+// out = dy * k_dy[c] + x * k_x[c] + k_1[c] over a contiguous (rows, channels, plane) block: the
+// input gradient in one pass.
+template <typename scalar_t>
+void affine_planes(const scalar_t* dy, const scalar_t* x, scalar_t* out, int64_t rows,
+                   int64_t channels, int64_t plane, const scalar_t* k_dy, const scalar_t* k_x,
+                   const scalar_t* k_1) {
+  at::parallel_for(0, rows * channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % channels;
+      const scalar_t a = k_dy[c], b = k_x[c], d = k_1[c];
+      const scalar_t* g = dy + p * plane;
+      const scalar_t* v = x + p * plane;
+      scalar_t* o = out + p * plane;
+      for (int64_t j = 0; j < plane; ++j) o[j] = g[j] * a + v[j] * b + d;
+    }
+  });
 }
 
 struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunction> {
@@ -104,34 +140,50 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
     if (!grad.defined()) grad = at::zeros_like(input);
     grad = grad.contiguous();
 
-    const auto dims = reduce_dims(input);
-    const auto shape = channel_shape(input);
-    const bool has_rows = input.numel() > 0;
-    const at::Tensor xmu = has_rows ? input - mean.view(shape) : input;
-    // Per-channel sums of grad and grad * (x - mean) over this rank's rows, then over all.
+    // Per-channel sums of dy and dy * x over this rank's rows, then over every rank; then
+    //   dx = w invstd (dy - A - (x - mean) B),  A = sum dy / n,  B = invstd^2 sum dy (x - mean) / n
+    // as one affine map of (dy, x) per channel.
     at::Tensor sums = at::zeros({2 * channels}, at::kDouble);
-    if (has_rows) {
-      sums.narrow(0, 0, channels).copy_(at::sum(grad, dims, false, at::kDouble));
-      sums.narrow(0, channels, channels).copy_(at::sum(grad * xmu, dims, false, at::kDouble));
+    const int64_t rows = input.numel() > 0 ? input.size(0) : 0;
+    const int64_t plane = channels > 0 && rows > 0 ? input.numel() / (rows * channels) : 0;
+    if (rows > 0) {
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sync_batch_norm_backward", [&] {
+        channel_sums(grad.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), rows, channels, plane,
+                     sums.data_ptr<double>(), sums.data_ptr<double>() + channels);
+      });
     }
     const at::Tensor local = sums.clone();
     std::vector<at::Tensor> reduce{sums};
     group.all_reduce(reduce);
-    const at::Tensor mean_dy = (sums.narrow(0, 0, channels) / n).to(input.scalar_type());
-    const at::Tensor mean_dy_xmu = (sums.narrow(0, channels, channels) / n).to(input.scalar_type());
 
+    const at::Tensor mean_d = mean.to(at::kDouble);
+    const at::Tensor invstd_d = invstd.to(at::kDouble);
+    const at::Tensor gamma =
+        weight.defined() ? weight.detach().to(at::kDouble) : at::ones({channels}, at::kDouble);
+    auto dy_x_centered = [&](const at::Tensor& s) {  // sum dy (x - mean) from sum dy, sum dy x
+      return s.narrow(0, channels, channels) - mean_d * s.narrow(0, 0, channels);
+    };
     at::Tensor grad_input;
-    if (ctx->needs_input_grad(0) && has_rows) {
-      const at::Tensor scale = weight.defined() ? invstd * weight : invstd;
-      grad_input =
-          (grad - mean_dy.view(shape) - xmu * (invstd * invstd * mean_dy_xmu).view(shape)) *
-          scale.view(shape);
-    } else if (ctx->needs_input_grad(0)) {
-      grad_input = at::zeros_like(input);
+    if (ctx->needs_input_grad(0)) {
+      grad_input = at::empty_like(input);
+      if (rows > 0) {
+        const at::Tensor a = sums.narrow(0, 0, channels) / n;
+        const at::Tensor b = invstd_d * invstd_d * dy_x_centered(sums) / n;
+        const at::Tensor scale = gamma * invstd_d;
+        const at::Tensor k_dy = scale.to(input.scalar_type()).contiguous();
+        const at::Tensor k_x = (-scale * b).to(input.scalar_type()).contiguous();
+        const at::Tensor k_1 = (-scale * (a - mean_d * b)).to(input.scalar_type()).contiguous();
+        AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sync_batch_norm_input_grad", [&] {
+          affine_planes(grad.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(),
+                        grad_input.data_ptr<scalar_t>(), rows, channels, plane,
+                        k_dy.data_ptr<scalar_t>(), k_x.data_ptr<scalar_t>(),
+                        k_1.data_ptr<scalar_t>());
+        });
+      }
     }
     at::Tensor grad_weight, grad_bias;
     if (weight.defined() && ctx->needs_input_grad(1)) {
-      grad_weight = (local.narrow(0, channels, channels).to(input.scalar_type()) * invstd);
+      grad_weight = (dy_x_centered(local) * invstd_d).to(input.scalar_type());
     }
     if (ctx->needs_input_grad(2)) {
       grad_bias = local.narrow(0, 0, channels).to(input.scalar_type());

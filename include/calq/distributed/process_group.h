@@ -119,6 +119,9 @@ class ProcessGroup {
 
   /// Number of collectives this rank has started (what the heartbeat reports).
   int64_t collectives_started() const { return collectives_.load(); }
+  /// Seconds this rank spent blocked in waits for collectives (moving data, and waiting for
+  /// slower ranks), since construction.
+  double wait_seconds() const { return wait_nanoseconds_.load() * 1e-9; }
 
  private:
   void rendezvous();
@@ -139,6 +142,7 @@ class ProcessGroup {
   c10::intrusive_ptr<c10d::ProcessGroup> backend_;
   std::chrono::milliseconds heartbeat_interval_{1000};
   std::atomic<int64_t> collectives_{0};
+  std::atomic<int64_t> wait_nanoseconds_{0};
   std::thread heartbeat_;
   std::mutex heartbeat_mutex_;
   std::condition_variable heartbeat_cv_;
