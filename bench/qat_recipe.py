@@ -16,6 +16,8 @@ Recipes (flags of calq run):
   new:      the current defaults (see README)
   shared-lr: the current defaults but quantizer parameters at the weights' rate (isolates the
             quantizer parameter group)
+  minmax-qat: the current defaults but min_max observing during QAT in place of the
+            calibration's observer (isolates --qat-observer calibrated)
 """
 import argparse
 import json
@@ -29,6 +31,7 @@ RECIPES = {
     "old": ["--qat-scale-lr", "1e-4", "--qat-schedule", "constant", "--qat-freeze-bn-epochs", "0"],
     "new": [],
     "shared-lr": ["--qat-scale-lr", "1e-4"],
+    "minmax-qat": ["--qat-observer", "min_max"],
 }
 
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "calq/fake_quantize.h"
 #include "calq/nn/quant_module.h"
 
 namespace calq {
@@ -44,7 +45,8 @@ struct Trace {
 /// images -> outputs of a model.
 using TraceForward = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
 
-/// Runs `forward` once on `inputs` (without gradients; the model's states are left as they
+/// Runs `forward` once on `inputs` (without gradients, in eval mode, quantizers passing values
+/// through and observing nothing: the model, its observers and modes are left as they
 /// are) and records every calq::nn module call. Every tensor a module reads must be a model
 /// input or the output of an earlier calq::nn module: a tensor computed in between by plain
 /// ATen code (at::add, a view) is an error naming the module that read it, since export and
@@ -55,5 +57,17 @@ Trace trace(torch::nn::Module& model, const TraceForward& forward,
 /// Single input, single output.
 Trace trace(torch::nn::Module& model, const std::function<at::Tensor(const at::Tensor&)>& forward,
             const at::Tensor& input);
+
+/// The output quantizer whose grid value `id` lies on: the producing module's output
+/// quantizer, looking through pass-through modules (MaxPool2d, Flatten, Identity,
+/// DeQuantStub, and any module that is not a quantization point) to their input. Empty for a
+/// model input or a float value.
+FakeQuantize quantizer_of(const Trace& trace, int64_t id);
+
+/// For every module with a weight, records the quantizer of its input
+/// (QuantModuleImpl::set_input_quantizer), so that in VALIDATION it adds its bias as the
+/// deployed integer kernel does (quantize_bias). Call it after prepare_qat (and after a load);
+/// returns how many modules were linked.
+int64_t link_input_quantizers(const Trace& trace);
 
 }  // namespace calq

@@ -120,16 +120,24 @@ void merge_observers(torch::nn::Module& model, ProcessGroup& group) {
 }
 
 void calibrate(torch::nn::Module& model,
-               const std::function<at::Tensor(const at::Tensor&)>& forward,
-               const std::vector<at::Tensor>& batches, ProcessGroup& group) {
-  TORCH_CHECK(!batches.empty(), "calibrate: no calibration batches were given; pass at least one");
+               const std::function<at::Tensor(const at::Tensor&)>& forward, int64_t num_batches,
+               const std::function<at::Tensor(int64_t)>& batch, ProcessGroup& group) {
+  TORCH_CHECK(num_batches >= 1, "calibrate: no calibration batches were given; pass at least one");
   set_fake_quantize(model, FakeQuantState::CALIBRATION);
   {
     torch::NoGradGuard no_grad;
-    const auto range = shard(static_cast<int64_t>(batches.size()), group.rank(), group.size());
-    for (int64_t i = range.first; i < range.second; ++i) forward(batches[static_cast<size_t>(i)]);
+    const auto range = shard(num_batches, group.rank(), group.size());
+    for (int64_t i = range.first; i < range.second; ++i) forward(batch(i));
   }
   merge_observers(model, group);
+}
+
+void calibrate(torch::nn::Module& model,
+               const std::function<at::Tensor(const at::Tensor&)>& forward,
+               const std::vector<at::Tensor>& batches, ProcessGroup& group) {
+  calibrate(
+      model, forward, static_cast<int64_t>(batches.size()),
+      [&batches](int64_t i) { return batches[static_cast<size_t>(i)]; }, group);
 }
 
 at::Tensor global_observer_input(const at::Tensor& x, const observers::ObserverImpl& observer,

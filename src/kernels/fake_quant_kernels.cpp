@@ -79,13 +79,15 @@ CALQ_ALWAYS_INLINE T clamp_keep_nan(T v, T lo, T hi) {
   return v > hi ? hi : v;
 }
 
-// x / scale computed as x * (1 / scale), as ATen does, so that results match it bit for bit.
+// x / scale by a true division, as ONNX's QuantizeLinear (and ONNX Runtime's kernels) compute
+// it, so that the simulation rounds exactly as the deployed model (eq. 2). ATen multiplies by
+// 1 / scale instead; the two differ only where the quotient is within one ulp of a rounding tie.
 // Clamping to [lo - 1, hi + 1] keeps every out-of-range value out of range after rounding (the
 // masks of eqs. 5 and 6 are unchanged), maps +-Inf to finite values, and keeps |v| far below
 // the 2^22 limit of the magic-number rounding.
 template <typename T>
-CALQ_ALWAYS_INLINE T scaled(T x, T inv_scale, T lo, T hi) {
-  return clamp_keep_nan(x * inv_scale, lo - T(1), hi + T(1));
+CALQ_ALWAYS_INLINE T scaled(T x, T scale, T lo, T hi) {
+  return clamp_keep_nan(x / scale, lo - T(1), hi + T(1));
 }
 
 // Quantization parameters of a span: one set for all elements, or one per element.
@@ -93,9 +95,8 @@ CALQ_ALWAYS_INLINE T scaled(T x, T inv_scale, T lo, T hi) {
 // quant_max - zero_point (exact, because zero points are integers).
 template <typename T>
 struct Uniform {
-  T scale, inv_scale, lo, hi;
+  T scale, lo, hi;
   CALQ_ALWAYS_INLINE T s(int64_t) const { return scale; }
-  CALQ_ALWAYS_INLINE T inv(int64_t) const { return inv_scale; }
   CALQ_ALWAYS_INLINE T low(int64_t) const { return lo; }
   CALQ_ALWAYS_INLINE T high(int64_t) const { return hi; }
 };
@@ -103,11 +104,9 @@ struct Uniform {
 template <typename T>
 struct PerElement {
   const T* scale;
-  const T* inv_scale;
   const T* lo;
   const T* hi;
   CALQ_ALWAYS_INLINE T s(int64_t i) const { return scale[i]; }
-  CALQ_ALWAYS_INLINE T inv(int64_t i) const { return inv_scale[i]; }
   CALQ_ALWAYS_INLINE T low(int64_t i) const { return lo[i]; }
   CALQ_ALWAYS_INLINE T high(int64_t i) const { return hi[i]; }
 };
@@ -119,7 +118,7 @@ template <typename T, Rounding R, typename P>
 CALQ_ALWAYS_INLINE T forward_element(T x, const P& p, int64_t i) {
   const T lo = p.low(i);
   const T hi = p.high(i);
-  const T r = round_to_integer<T, R>(scaled(x, p.inv(i), lo, hi));
+  const T r = round_to_integer<T, R>(scaled(x, p.s(i), lo, hi));
   return clamp_keep_nan(r, lo, hi) * p.s(i);
 }
 
@@ -128,7 +127,7 @@ template <typename T, Rounding R, typename P>
 CALQ_ALWAYS_INLINE T ste_element(T x, T dy, const P& p, int64_t i) {
   const T lo = p.low(i);
   const T hi = p.high(i);
-  const T r = round_to_integer<T, R>(scaled(x, p.inv(i), lo, hi));
+  const T r = round_to_integer<T, R>(scaled(x, p.s(i), lo, hi));
   return clamp_keep_nan(r, lo, hi) == r ? dy : T(0);
 }
 
@@ -138,7 +137,7 @@ template <typename T, Rounding R, typename P>
 CALQ_ALWAYS_INLINE T lsq_element(T x, T dy, const P& p, int64_t i, T& contribution) {
   const T lo = p.low(i);
   const T hi = p.high(i);
-  const T v = scaled(x, p.inv(i), lo, hi);
+  const T v = scaled(x, p.s(i), lo, hi);
   const T r = round_to_integer<T, R>(v);
   const T clamped = clamp_keep_nan(r, lo, hi);
   const bool inside = clamped == r;
@@ -153,7 +152,7 @@ CALQ_ALWAYS_INLINE T lsq_element(T x, T dy, const P& p, int64_t i, T& contributi
 template <typename T, Rounding R>
 CALQ_ALWAYS_INLINE T pact_element(T x, T alpha, const Uniform<T>& p) {
   const T clipped = clamp_keep_nan(x, -alpha, alpha);
-  const T r = round_to_integer<T, R>(clipped * p.inv_scale);
+  const T r = round_to_integer<T, R>(clipped / p.scale);
   return clamp_keep_nan(r, p.lo, p.hi) * p.scale;
 }
 
@@ -411,7 +410,7 @@ class Plan {
 // Per-channel parameters in T, and their per-element expansion for row items.
 template <typename T>
 struct Params {
-  std::vector<T> scale, inv_scale, lo, hi;
+  std::vector<T> scale, lo, hi;
 
   Params(const Grid& grid, const Layout& layout, bool per_element) {
     const int64_t channels = grid.scale.numel();
@@ -422,20 +421,18 @@ struct Params {
     const int64_t repeat = per_element ? layout.inner : 1;
     for (int64_t c = 0; c < channels; ++c) {
       const T scale_c = static_cast<T>(s[c]);
-      const T inv_c = T(1) / scale_c;
       const T lo_c = static_cast<T>(grid.quant_min - zp[c]);
       const T hi_c = static_cast<T>(grid.quant_max - zp[c]);
       for (int64_t k = 0; k < repeat; ++k) {
         scale.push_back(scale_c);
-        inv_scale.push_back(inv_c);
         lo.push_back(lo_c);
         hi.push_back(hi_c);
       }
     }
   }
 
-  Uniform<T> channel(int64_t c) const { return {scale[c], inv_scale[c], lo[c], hi[c]}; }
-  PerElement<T> elements() const { return {scale.data(), inv_scale.data(), lo.data(), hi.data()}; }
+  Uniform<T> channel(int64_t c) const { return {scale[c], lo[c], hi[c]}; }
+  PerElement<T> elements() const { return {scale.data(), lo.data(), hi.data()}; }
 };
 
 void check_same(const at::Tensor& a, const at::Tensor& b) {
@@ -553,7 +550,7 @@ void pact_forward_impl(const at::Tensor& x, double alpha, double scale, int64_t 
                        int64_t quant_max, Rounding rounding, at::Tensor& y) {
   const Plan plan(layout_of(x, -1));
   const T scale_t = static_cast<T>(scale);
-  const Uniform<T> p{scale_t, T(1) / scale_t, static_cast<T>(quant_min), static_cast<T>(quant_max)};
+  const Uniform<T> p{scale_t, static_cast<T>(quant_min), static_cast<T>(quant_max)};
   const T* xp = x.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   parallel_items(plan, [&](int64_t item) {

@@ -74,7 +74,8 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
   if (!batch_stats) {
     // Exactly the deployed operator: one convolution with folded weight and bias.
     auto folded = folded_weight_and_bias();
-    return conv_with(x, quantize_weight(folded.first), folded.second);
+    const at::Tensor weight = quantize_weight(folded.first);  // VALIDATION: scale known now
+    return conv_with(x, weight, deployed_bias(folded.second));
   }
   // Training: fake-quantize the weight folded with the running statistics, then undo the
   // per-channel factor on the small quantized weight (not on the large output: same value in
@@ -115,7 +116,8 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
 at::Tensor ConvBlockImpl::forward(const at::Tensor& x) {
   at::Tensor y;
   if (!has_bn()) {
-    y = conv_with(x, quantize_weight(conv->weight), conv->bias);
+    const at::Tensor weight = quantize_weight(conv->weight);
+    y = conv_with(x, weight, deployed_bias(conv->bias));
   } else if (!fused_ && batch_norm_training_ && is_training()) {
     // BatchNorm2d's training forward with the installed statistics: the same
     // num_batches_tracked count and momentum rule (None: cumulative average).

@@ -12,7 +12,8 @@ LinearBlockImpl::LinearBlockImpl(std::string type_name, LinearOptions options, b
 }
 
 at::Tensor LinearBlockImpl::forward(const at::Tensor& x) {
-  at::Tensor y = at::linear(x, quantize_weight(linear->weight), linear->bias);
+  const at::Tensor weight = quantize_weight(linear->weight);
+  at::Tensor y = at::linear(x, weight, deployed_bias(linear->bias));
   return traced({x}, quantize_output(relu_ ? at::relu(y) : y));
 }
 

@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "calq/quant/qparams.h"
+
 namespace calq {
 namespace nn {
 
@@ -15,6 +17,10 @@ RecordingScope::RecordingScope(CallRecorder* recorder) : previous_(active_record
 
 RecordingScope::~RecordingScope() {
   active_recorder = previous_;
+}
+
+bool recording() {
+  return active_recorder != nullptr;
 }
 
 at::Tensor QuantModuleImpl::traced(const std::vector<at::Tensor>& inputs,
@@ -37,6 +43,19 @@ void QuantModuleImpl::prepare(const QConfig& resolved) {
   }
   resolved_qconfig_ = resolved;
   prepared_ = true;
+}
+
+at::Tensor QuantModuleImpl::deployed_bias(const at::Tensor& bias) const {
+  if (!bias.defined() || weight_fake_quant_.is_empty() || input_quantizer_.is_empty() ||
+      weight_fake_quant_->state() != FakeQuantState::VALIDATION ||
+      input_quantizer_->spec().per_channel()) {
+    return bias;
+  }
+  at::NoGradGuard no_grad;
+  const double input_scale = input_quantizer_->scale().item<double>();
+  return quantize_bias(bias, input_scale, weight_fake_quant_->scale())
+      .dequantized()
+      .to(bias.scalar_type());
 }
 
 at::Tensor QuantModuleImpl::quantize_weight(const at::Tensor& weight) {

@@ -7,6 +7,7 @@
 #include <cctype>
 #include <cmath>
 
+#include "calq/nn/quant_module.h"
 #include "calq/quant/fake_quant.h"
 #include "calq/quant/qparams.h"
 #include "observers/kwargs.h"
@@ -310,6 +311,9 @@ at::Tensor FakeQuantizeImpl::forward(const at::Tensor& x) {
 at::Tensor FakeQuantizeImpl::quantize(const at::Tensor& x) {
   TORCH_CHECK(x.defined() && at::isFloatingType(x.scalar_type()),
               "FakeQuantize.forward: x must be a defined floating tensor");
+  // A trace's example input must not reach the observer (a running-average min_max that
+  // saw zeros first keeps a range near zero) nor initialize lsq/pact parameters.
+  if (nn::recording()) return x;
   bool had_data = observer_->has_data();
   switch (state_) {
     case FakeQuantState::CALIBRATION:

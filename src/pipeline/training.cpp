@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "calq/data/batches.h"
@@ -82,25 +83,6 @@ std::string read_file(const std::string& path) {
   bytes << in.rdbuf();
   return bytes.str();
 }
-
-// This rank's rows of global batch `index` of `batches` (a pass over `dataset` with
-// `batch_size`): the rank's contiguous part of the batch's rows in the pass's order.
-data::Batch local_part(const data::Dataset& dataset, const data::Batches& batches, int64_t index,
-                       int64_t batch_size, const distributed::ProcessGroup& group,
-                       int64_t* global_rows) {
-  const int64_t start = index * batch_size;
-  const int64_t length = std::min(batch_size, dataset.size() - start);
-  *global_rows = length;
-  const auto part = distributed::shard(length, group.rank(), group.size());
-  const int64_t rows = part.second - part.first;
-  if (!batches.order().defined()) {
-    return {dataset.images.narrow(0, start + part.first, rows),
-            dataset.labels.narrow(0, start + part.first, rows)};
-  }
-  const at::Tensor order = batches.order().narrow(0, start + part.first, rows);
-  return {dataset.images.index_select(0, order), dataset.labels.index_select(0, order)};
-}
-
 }  // namespace
 
 void freeze_batch_norm(torch::nn::Module& model, bool frozen) {
@@ -119,7 +101,39 @@ TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
 
 TrainResult train(torch::nn::Module& model, const Forward& forward, const data::Dataset& dataset,
                   const TrainOptions& options) {
-  TORCH_CHECK(dataset.size() > 0, "train: the training set is empty");
+  return train(model, forward, data::in_memory(dataset, nlohmann::json::object()), options);
+}
+
+namespace {
+
+// The training loss of one batch: cross-entropy on the labels, or distillation from the
+// teacher's outputs.
+at::Tensor batch_loss(const at::Tensor& output, const data::Batch& batch, const Forward* teacher) {
+  if (teacher == nullptr) return at::cross_entropy_loss(output, batch.labels);
+  at::Tensor target;
+  {
+    torch::NoGradGuard no_grad;
+    target = (*teacher)(batch.images).detach();
+  }
+  TORCH_CHECK(target.sizes() == output.sizes(), "train: the teacher's output ", target.sizes(),
+              " and the model's ", output.sizes(), " differ; distillation needs the same shape");
+  if (output.dim() == 2) {
+    // KL(softmax(teacher) || softmax(student)), averaged over the batch.
+    return at::kl_div(at::log_softmax(output, 1), at::log_softmax(target, 1), at::Reduction::Sum,
+                      /*log_target=*/true) /
+           static_cast<double>(output.size(0));
+  }
+  return at::mse_loss(output, target);
+}
+
+}  // namespace
+
+TrainResult train(torch::nn::Module& model, const Forward& forward, const data::SourcePtr& data,
+                  const TrainOptions& options, const Forward* teacher) {
+  TORCH_CHECK(data && data->size() > 0, "train: the training set is empty");
+  TORCH_CHECK(teacher != nullptr || data->has_labels(), "train: the data has no labels; give a ",
+              "teacher (the float model) to train by distillation");
+  const int64_t dataset_size = data->size();
   TORCH_CHECK(options.epochs() >= 1, "train: epochs must be >= 1, got ", options.epochs());
   TORCH_CHECK(options.batch_size() >= 1, "train: batch_size must be >= 1, got ",
               options.batch_size());
@@ -168,8 +182,7 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
     parallel = std::make_unique<distributed::DataParallel>(
         model, group, distributed::DataParallelOptions().bucket_bytes(options.bucket_bytes()));
   }
-  const int64_t steps_per_epoch =
-      (dataset.size() + options.batch_size() - 1) / options.batch_size();
+  const int64_t steps_per_epoch = (dataset_size + options.batch_size() - 1) / options.batch_size();
   const int64_t total_steps = steps_per_epoch * options.epochs();
   double seconds = 0.0;
   TORCH_CHECK(options.freeze_bn_epochs() >= 0 && options.freeze_bn_epochs() <= options.epochs(),
@@ -182,26 +195,30 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
       model.train(true);
     }
     freeze_batch_norm(model, epoch >= options.epochs() - options.freeze_bn_epochs());
-    data::Batches batches(dataset, data::BatchOptions(options.batch_size())
-                                       .shuffle(true)
-                                       .seed(options.seed())
-                                       .epoch(static_cast<uint64_t>(epoch)));
+    data::SourceBatches batches(data, data::BatchOptions(options.batch_size())
+                                          .shuffle(true)
+                                          .seed(options.seed())
+                                          .epoch(static_cast<uint64_t>(epoch)));
     util::Progress progress(options.label() + " epoch " + std::to_string(epoch + 1) + "/" +
                                 std::to_string(options.epochs()),
-                            dataset.size(), "img");
+                            dataset_size, "img");
     util::Timer timer;
     double loss_sum = 0.0;
     int64_t step = 0;
     for (int64_t index = 0; index < batches.size(); ++index) {
+      // With a process group, this rank's contiguous part of the global batch (the rows of
+      // batch `index` one process would train on, in the same order).
+      const int64_t global_rows = batches.rows(index);
       data::Batch batch;
-      int64_t global_rows = 0;
+      int64_t rows = global_rows;
       if (parallel) {
-        batch = local_part(dataset, batches, index, options.batch_size(), *group, &global_rows);
         if (global_rows < group->size()) continue;  // some rank would get no row
-        parallel->set_batch_share(batch.size(), global_rows);
+        const auto part = distributed::shard(global_rows, group->rank(), group->size());
+        batch = batches.part(index, part.first, part.second);
+        rows = part.second - part.first;
+        parallel->set_batch_share(rows, global_rows);
       } else {
         batch = batches[index];
-        global_rows = batch.size();
       }
       if (options.cosine()) {
         const double t = static_cast<double>(epoch * steps_per_epoch + step) / total_steps;
@@ -209,7 +226,7 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
         set_group_lrs(optimizer, options.lr() * decay, quantizer_lr * decay);
       }
       optimizer.zero_grad();
-      at::Tensor loss = at::cross_entropy_loss(forward(batch.images), batch.labels);
+      at::Tensor loss = batch_loss(forward(batch.images), batch, teacher);
       double value = 0.0;
       if (!parallel) {
         value = loss.item<double>();
@@ -221,7 +238,7 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
         // The global batch's mean loss is the sum over ranks of each rank's mean loss weighted
         // by its share of the rows; so are its gradients (summed by the reducer).
         const at::Tensor weighted =
-            loss * (static_cast<double>(batch.size()) / static_cast<double>(global_rows));
+            loss * (static_cast<double>(rows) / static_cast<double>(global_rows));
         at::Tensor global_loss = weighted.detach().to(at::kDouble).reshape({1}).clone();
         auto pending = group->all_reduce_async({global_loss}, "training loss all-reduce");
         weighted.backward();
@@ -258,10 +275,12 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
 }
 
 Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
-                         const data::Dataset& dataset, bool quantized, int64_t batch_size,
-                         const std::string& label,
+                         const data::SourcePtr& data, bool quantized, const Forward* reference,
+                         int64_t batch_size, const std::string& label,
                          const std::shared_ptr<distributed::ProcessGroup>& group) {
-  TORCH_CHECK(dataset.size() > 0, "evaluate: the evaluation set is empty");
+  TORCH_CHECK(data && data->size() > 0, "evaluate: the evaluation set is empty");
+  TORCH_CHECK(reference != nullptr || data->has_labels(),
+              "evaluate: the data has no labels; compare with a reference model instead");
   if (quantized) {
     set_fake_quantize(model, FakeQuantState::VALIDATION);
   } else {
@@ -269,18 +288,30 @@ Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
   }
   torch::NoGradGuard no_grad;
   Evaluation result;
-  result.correct.reserve(static_cast<size_t>(dataset.size()));
-  int64_t correct = 0;
-  util::Progress progress(label, dataset.size(), "img");
-  const data::Batches batches(dataset, data::BatchOptions(batch_size));
+  result.correct.reserve(static_cast<size_t>(data->size()));
+  // Per batch: the sums of squares of the reference's outputs and of the differences, added
+  // in batch order at the end, so that a sharded evaluation adds the same numbers in the same
+  // order as one process.
+  std::vector<double> energies;
+  util::Progress progress(label, data->size(), "img");
+  const data::SourceBatches batches(data, data::BatchOptions(batch_size));
   const auto part = group ? distributed::shard(batches.size(), group->rank(), group->size())
                           : std::make_pair(int64_t{0}, batches.size());
   for (int64_t index = part.first; index < part.second; ++index) {
     const data::Batch batch = batches[index];
-    const at::Tensor right = forward(batch.images).argmax(1).eq(batch.labels).to(at::kByte);
+    const at::Tensor output = forward(batch.images);
+    at::Tensor right;
+    if (reference != nullptr) {
+      const at::Tensor expected = (*reference)(batch.images);
+      right = output.argmax(1).eq(expected.argmax(1)).to(at::kByte);
+      energies.push_back(expected.to(at::kDouble).pow(2).sum().item<double>());
+      energies.push_back((output - expected).to(at::kDouble).pow(2).sum().item<double>());
+    } else {
+      right = output.argmax(1).eq(batch.labels).to(at::kByte);
+    }
     const uint8_t* p = right.contiguous().data_ptr<uint8_t>();
     result.correct.insert(result.correct.end(), p, p + right.numel());
-    progress.advance(group ? batch.size() * group->size() : batch.size());
+    progress.advance(group ? batch.images.size(0) * group->size() : batch.images.size(0));
   }
   if (group) {  // every rank's part, in rank order: the whole data set in order
     const auto all =
@@ -288,11 +319,38 @@ Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
     result.correct.clear();
     for (const auto& bytes : all)
       result.correct.insert(result.correct.end(), bytes.begin(), bytes.end());
+    if (reference != nullptr) {
+      const auto parts = group->all_gather_bytes(std::string(
+          reinterpret_cast<const char*>(energies.data()), energies.size() * sizeof(double)));
+      energies.clear();
+      for (const auto& bytes : parts) {
+        const auto* values = reinterpret_cast<const double*>(bytes.data());
+        energies.insert(energies.end(), values, values + bytes.size() / sizeof(double));
+      }
+    }
   }
-  for (uint8_t right : result.correct) correct += right;
   progress.finish();
-  result.top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(dataset.size());
+  int64_t correct = 0;
+  for (uint8_t right : result.correct) correct += right;
+  result.top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(data->size());
+  if (reference != nullptr) {
+    double signal = 0.0, noise = 0.0;
+    for (size_t i = 0; i + 1 < energies.size(); i += 2) {
+      signal += energies[i];
+      noise += energies[i + 1];
+    }
+    result.sqnr_db =
+        noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
+  }
   return result;
+}
+
+Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
+                         const data::Dataset& dataset, bool quantized, int64_t batch_size,
+                         const std::string& label,
+                         const std::shared_ptr<distributed::ProcessGroup>& group) {
+  return evaluate_each(model, forward, data::in_memory(dataset, nlohmann::json::object()),
+                       quantized, nullptr, batch_size, label, group);
 }
 
 Evaluation evaluate_each(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,

@@ -112,6 +112,47 @@ std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
   return {scale, zero_point};
 }
 
+at::Tensor QuantizedBias::dequantized() const {
+  return values.to(at::kFloat) * scale;
+}
+
+QuantizedBias quantize_bias(const at::Tensor& bias, double input_scale,
+                            const at::Tensor& weight_scale) {
+  TORCH_CHECK(bias.defined() && at::isFloatingType(bias.scalar_type()) && bias.dim() == 1,
+              "quantize_bias: bias must be a floating vector, got ",
+              bias.defined() ? bias.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(std::isfinite(input_scale) && input_scale > 0, "quantize_bias: input scale ",
+              input_scale, " must be finite and positive");
+  const int64_t channels = bias.numel();
+  const at::Tensor b = detail::to_double_vector(bias);
+  const at::Tensor w = detail::to_double_vector(weight_scale);
+  TORCH_CHECK(w.numel() == 1 || w.numel() == channels, "quantize_bias: ", w.numel(),
+              " weight scales for ", channels, " bias values; need 1 or ", channels);
+  QuantizedBias out;
+  out.values = at::empty({channels}, at::kInt);
+  out.scale = at::empty({channels}, at::kFloat);
+  const float s_x = static_cast<float>(input_scale);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float s_w = static_cast<float>(w.data_ptr<double>()[w.numel() == 1 ? 0 : c]);
+    const float scale = s_x * s_w;  // float32 product: the bias DequantizeLinear's scale
+    TORCH_CHECK(scale > 0 && std::isfinite(scale), "quantize_bias: s_x * s_w[", c, "] = ", scale,
+                " is not a positive finite float32");
+    const double ratio = b.data_ptr<double>()[c] / static_cast<double>(scale);
+    TORCH_CHECK(std::isfinite(ratio), "quantize_bias: bias[", c, "] = ", b.data_ptr<double>()[c],
+                " is not finite");
+    out.max_ratio = std::max(out.max_ratio, std::abs(ratio));
+    double q = std::nearbyint(ratio);
+    constexpr double kMax = 2147483647.0, kMin = -2147483648.0;
+    if (q > kMax || q < kMin) {
+      ++out.saturated;
+      q = std::min(std::max(q, kMin), kMax);
+    }
+    out.values.data_ptr<int32_t>()[c] = static_cast<int32_t>(q);
+    out.scale.data_ptr<float>()[c] = scale;
+  }
+  return out;
+}
+
 at::Tensor round_scale_to_power_of_two(const at::Tensor& scale) {
   TORCH_CHECK(scale.defined() && at::isFloatingType(scale.scalar_type()),
               "round_scale_to_power_of_two: scale must be a floating tensor");

@@ -90,12 +90,51 @@ const TracedCall* Trace::producer(int64_t id) const {
   return call < 0 ? nullptr : &calls[call];
 }
 
+FakeQuantize quantizer_of(const Trace& trace, int64_t id) {
+  const TracedCall* call = trace.producer(id);
+  while (call != nullptr) {
+    if (!call->module->output_fake_quant().is_empty()) return call->module->output_fake_quant();
+    if (call->module->is_quantization_point() || call->inputs.size() != 1) {
+      return FakeQuantize(nullptr);  // a float output (e.g. the "32-bit output" layer)
+    }
+    call = trace.producer(call->inputs[0]);
+  }
+  return FakeQuantize(nullptr);
+}
+
+int64_t link_input_quantizers(const Trace& trace) {
+  int64_t linked = 0;
+  for (const TracedCall& call : trace.calls) {
+    if (!call.module->has_weight() || call.inputs.empty()) continue;
+    FakeQuantize quantizer = quantizer_of(trace, call.inputs[0]);
+    if (!quantizer.is_empty()) ++linked;
+    call.module->set_input_quantizer(quantizer);
+  }
+  return linked;
+}
+
 Trace trace(torch::nn::Module& model, const TraceForward& forward,
             const std::vector<at::Tensor>& inputs) {
   TORCH_CHECK(!inputs.empty(), "trace: give at least one example input");
   Recorder recorder(model, inputs);
   std::vector<at::Tensor> outputs;
   {
+    // Eval mode: batch norm in training mode would fold the example input into its running
+    // statistics. Each module's own flag is restored (train() recurses, so parents first).
+    std::vector<std::pair<std::shared_ptr<torch::nn::Module>, bool>> modes;
+    for (const auto& m : model.modules(/*include_self=*/false))
+      modes.emplace_back(m, m->is_training());
+    const bool was_training = model.is_training();
+    model.eval();
+    struct RestoreModes {
+      torch::nn::Module& model;
+      bool was_training;
+      std::vector<std::pair<std::shared_ptr<torch::nn::Module>, bool>>& modes;
+      ~RestoreModes() {
+        model.train(was_training);
+        for (auto& [m, training] : modes) m->train(training);
+      }
+    } restore{model, was_training, modes};
     torch::NoGradGuard no_grad;
     nn::RecordingScope scope(&recorder);
     outputs = forward(inputs);

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "calq/nn/conv.h"
+#include "calq/nn/float_function.h"
 #include "calq/nn/quant_module.h"
 
 namespace calq {
@@ -52,13 +53,21 @@ std::vector<std::pair<std::string, FakeQuantizeImpl*>> fake_quantizers(
   return out;
 }
 
+// The modules of imported graphs: their layers and float functions (Softmax, Resize, ...).
+std::set<std::string> with_graph_type_names(std::set<std::string> names) {
+  names.insert({"ConvReLU6_2d", "ConvTranspose2d", "MatMul", "ReduceMean", "LayerNorm"});
+  for (const auto& name : nn::float_function_type_names()) names.insert(name);
+  return names;
+}
+
 const std::set<std::string>& known_type_names() {
   static const std::set<std::string> names = {
       "QuantStub",      "DeQuantStub", "Conv2d",     "ConvReLU2d", "ConvBn2d",  "ConvBnReLU2d",
       "ConvBnReLU6_2d", "Linear",      "LinearReLU", "ReLU",       "ReLU6",     "Add",
       "AddReLU",        "Mul",         "Cat",        "MaxPool2d",  "AvgPool2d", "AdaptiveAvgPool2d",
       "Flatten",        "Identity"};
-  return names;
+  static const std::set<std::string> all = with_graph_type_names(names);
+  return all;
 }
 
 void force_power_of_two(c10::optional<FakeQuantConfig>& recipe) {

@@ -3,8 +3,9 @@
 // its results to files the tests compare against an independent reference.
 //
 //   worker calibrate OUT BATCHES             every recipe of recipes.h: calibrate, save state
-//   worker qat OUT METHOD EPOCHS TAG [resume] [stop-after-epoch N] [no-overlap]
-//                                            (METHOD float: float training of the unfused model)
+//   worker qat OUT METHOD EPOCHS TAG [resume] [stop-after-epoch N] [no-overlap] [distill]
+//                                            (METHOD float: float training of the unfused model;
+//                                            distill: data without labels, a float teacher)
 //   worker evaluate OUT                      evaluate_each on a calibrated model
 //   worker gradients OUT METHOD              the gradients of one global batch
 //   worker observers OUT                     global_observer_input for every observer kind
@@ -26,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "calq/data/source.h"
 #include "calq/distributed/data_parallel.h"
 #include "calq/distributed/gradient_reducer.h"
 #include "calq/distributed/observer_sync.h"
@@ -89,11 +91,12 @@ int calibrate(const std::string& out, int64_t count) {
 int qat(const std::string& out, const std::string& method, int64_t epochs, const std::string& tag,
         const std::vector<std::string>& flags) {
   auto group = join();
-  bool resume = false, overlap = true;
+  bool resume = false, overlap = true, distill = false;
   int64_t stop_after = -1;
   for (size_t i = 0; i < flags.size(); ++i) {
     if (flags[i] == "resume") resume = true;
     if (flags[i] == "no-overlap") overlap = false;
+    if (flags[i] == "distill") distill = true;
     if (flags[i] == "stop-after-epoch") stop_after = std::stoll(flags.at(++i));
   }
   calq::zoo::Classifier model = calq::testing::qat_model(method);
@@ -118,9 +121,24 @@ int qat(const std::string& out, const std::string& method, int64_t epochs, const
       if (finished == stop_after) throw std::runtime_error("stopped after epoch (test)");
     });
   }
+  // Distillation: the images without labels, and the float CNN (another seed) as the teacher,
+  // in eval mode and the same on every rank.
+  calq::data::Dataset images_only{data.images, at::Tensor()};
+  torch::manual_seed(7);
+  calq::zoo::Classifier teacher_model = calq::zoo::make_model("cnn");
+  teacher_model->eval();
+  const calq::pipeline::Forward teacher = [&teacher_model](const at::Tensor& x) {
+    return teacher_model->forward(x);
+  };
   try {
-    const auto result = calq::pipeline::train(
-        *model, [&model](const at::Tensor& x) { return model->forward(x); }, data, options);
+    const calq::pipeline::Forward forward = [&model](const at::Tensor& x) {
+      return model->forward(x);
+    };
+    const auto result =
+        distill ? calq::pipeline::train(
+                      *model, forward, calq::data::in_memory(images_only, nlohmann::json::object()),
+                      options, &teacher)
+                : calq::pipeline::train(*model, forward, data, options);
     std::ofstream(out + "/" + tag + "." + who(group) + ".loss")
         << std::setprecision(17) << result.final_loss << "\n";
   } catch (const std::runtime_error& error) {

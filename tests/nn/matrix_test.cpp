@@ -120,7 +120,7 @@ bool power_of_two(double v) {
 }
 
 // Eq. 2 (and eq. 7 for pact) written from the definitions, element by element in float32 as
-// docs/quantization.md states them: v = x * (1 / s), round half to even, clamp, times s.
+// docs/quantization.md states them: v = x / s, round half to even, clamp, times s.
 at::Tensor reference(const at::Tensor& x_in, const FakeQuantizeImpl& fq) {
   const QuantSpec& spec = fq.spec();
   const at::Tensor x = x_in.detach().to(at::kFloat).contiguous();
@@ -144,7 +144,7 @@ at::Tensor reference(const at::Tensor& x_in, const FakeQuantizeImpl& fq) {
     const int64_t c = axis < 0 ? 0 : (i / inner) % channels;
     const float s = scale.data_ptr<float>()[c];
     const int64_t z = zero_point.data_ptr<int64_t>()[c];
-    const float v = std::min(std::max(px[i], -clip), clip) * (1.0f / s);
+    const float v = std::min(std::max(px[i], -clip), clip) / s;
     float q =
         spec.rounding() == calq::Rounding::half_to_even ? std::nearbyint(v) : std::floor(v + 0.5f);
     q = std::min(std::max(q + static_cast<float>(z), static_cast<float>(spec.quant_min())),

@@ -131,8 +131,10 @@ TEST(KL, MatchesPlainImplementationOnRandomHistograms) {
 
 // The whole rule of kl.h written from its definition on the raw values: the search range from
 // the exact (1 - 1e-4) quantile, a left-closed linear histogram of the raw |x|, values beyond
-// it as outliers, the plain O(bins^2) divergence above, lowest divergence (largest end bin on
-// ties). Returns the threshold and fills the divergences.
+// it as outliers, bin 0 replaced by bin 1 (the default zero-bin rule), the plain O(bins^2)
+// divergence above, a moving average over 9 end bins (the default smoothing, truncated at the
+// ends), lowest divergence (largest end bin on ties). Returns the threshold and fills the
+// (smoothed) divergences.
 struct BruteForce {
   double range = 0.0;
   double threshold = 0.0;
@@ -159,12 +161,23 @@ BruteForce brute_force_kl(const at::Tensor& x, int64_t bins, int64_t nq) {
       h[static_cast<size_t>(std::floor(v / w))] += 1;
     }
   }
+  h[0] = h[1];
   // Outliers beyond the range go to P[i-1] of every candidate: the plain rule with the beyond
   // count appended as one more bin that no candidate keeps.
   std::vector<double> with_beyond = h;
   with_beyond.push_back(beyond);
-  out.divergence = plain_kl(with_beyond, nq);
-  out.divergence.pop_back();  // the candidate that would keep the appended bin
+  std::vector<double> raw = plain_kl(with_beyond, nq);
+  raw.pop_back();  // the candidate that would keep the appended bin
+  const int64_t count = static_cast<int64_t>(raw.size());
+  for (int64_t i = 0; i < count; ++i) {
+    double sum = 0.0;
+    int64_t n = 0;
+    for (int64_t j = std::max<int64_t>(0, i - 4); j <= std::min(count - 1, i + 4); ++j) {
+      sum += raw[j];
+      ++n;
+    }
+    out.divergence.push_back(sum / static_cast<double>(n));
+  }
   size_t best = 0;
   for (size_t j = 1; j < out.divergence.size(); ++j) {
     if (out.divergence[j] <= out.divergence[best]) best = j;
@@ -315,6 +328,8 @@ TEST(KLObserver, Errors) {
   EXPECT_THROW_WITH(make_observer("kl", QuantSpec(), {{"bins", 255}}), "bins = 255");
   EXPECT_THROW_WITH(make_observer("kl", QuantSpec(), {{"bins", 4096}}), "bins = 4096");
   EXPECT_THROW_WITH(make_observer("kl", QuantSpec(), {{"smoothing", 2}}), "smoothing = 2");
+  EXPECT_THROW_WITH(make_observer("kl", QuantSpec(), {{"zero_bin_as_neighbour", 1.5}}),
+                    "zero_bin_as_neighbour");
   EXPECT_THROW_WITH(make_observer("kl", QuantSpec(), {{"update_interval", 0}}),
                     "update_interval = 0");
   EXPECT_THROW_WITH(make_observer("kl", QuantSpec(), {{"percentile", 99.0}}),

@@ -143,7 +143,9 @@ TEST(FakeQuantize, PerTensorMatchesReferenceAndAten) {
               << n;
         }
         if (dtype == at::kFloat && rounding == Rounding::half_to_even) {
-          EXPECT_TRUE(same_values(y, at::fake_quantize_per_tensor_affine(x, 0.02, 0, -128, 127)))
+          EXPECT_TRUE(test::same_values_as_aten(
+              y, at::fake_quantize_per_tensor_affine(x, 0.02, 0, -128, 127), x,
+              torch::full({}, 0.02)))
               << "n=" << n;
         }
       }
@@ -200,14 +202,19 @@ TEST(FakeQuantize, PerChannelMatchesReferenceAndAten) {
           same_values(input_grad(x, scale, zp, spec, dy), test::ste_tensor_ref<float>(x, dy, g)))
           << x.sizes();
       if (rounding == Rounding::half_to_even) {
-        EXPECT_TRUE(
-            same_values(y, at::fake_quantize_per_channel_affine(x, scale, zp, axis, -128, 127)))
+        std::vector<int64_t> shape(x.dim(), 1);
+        shape[axis] = -1;
+        const at::Tensor scale_b = scale.reshape(shape);
+        EXPECT_TRUE(test::same_values_as_aten(
+            y, at::fake_quantize_per_channel_affine(x, scale, zp, axis, -128, 127), x, scale_b))
             << x.sizes();
         const at::Tensor leaf = x.clone().requires_grad_(true);
         const at::Tensor aten_dx = torch::autograd::grad(
             {at::fake_quantize_per_channel_affine(leaf, scale, zp, axis, -128, 127)}, {leaf},
             {dy})[0];
-        EXPECT_TRUE(same_values(input_grad(x, scale, zp, spec, dy), aten_dx)) << x.sizes();
+        EXPECT_TRUE(
+            test::same_values_as_aten(input_grad(x, scale, zp, spec, dy), aten_dx, x, scale_b))
+            << x.sizes();
       }
       const at::Tensor xd = x.to(at::kDouble);
       EXPECT_TRUE(same_values(fake_quantize(xd, scale, zp, spec),
@@ -228,8 +235,12 @@ TEST(FakeQuantize, OneElementChannels) {
     EXPECT_TRUE(
         same_values(fake_quantize(x, scale, zp, spec),
                     test::fake_quant_tensor_ref<float>(x, grid_ref(scale, zp, spec, axis))));
-    EXPECT_TRUE(same_values(fake_quantize(x, scale, zp, spec),
-                            at::fake_quantize_per_channel_affine(x, scale, zp, axis, -128, 127)));
+    std::vector<int64_t> shape(x.dim(), 1);
+    shape[axis] = -1;
+    EXPECT_TRUE(test::same_values_as_aten(
+        fake_quantize(x, scale, zp, spec),
+        at::fake_quantize_per_channel_affine(x, scale, zp, axis, -128, 127), x,
+        scale.reshape(shape)));
   }
 }
 
@@ -250,8 +261,10 @@ TEST(FakeQuantize, NonContiguousInputs) {
     const at::Tensor scale = torch::rand({channels}) * 0.02 + 0.001;
     const at::Tensor zp = torch::zeros({channels}, torch::kInt);
     const QuantSpec spec = QuantSpec().per_channel(true).ch_axis(1);
-    EXPECT_TRUE(same_values(fake_quantize(x, scale, zp, spec),
-                            at::fake_quantize_per_channel_affine(x, scale, zp, 1, -128, 127)));
+    EXPECT_TRUE(
+        test::same_values_as_aten(fake_quantize(x, scale, zp, spec),
+                                  at::fake_quantize_per_channel_affine(x, scale, zp, 1, -128, 127),
+                                  x, scale.reshape({1, -1})));
   }
 }
 
@@ -269,7 +282,8 @@ TEST(FakeQuantize, PowerOfTwoScales) {
   EXPECT_TRUE(same_values(steps, steps.round()));
   EXPECT_GE(steps.min().item<float>(), -128);
   EXPECT_LE(steps.max().item<float>(), 127);
-  EXPECT_TRUE(same_values(y, at::fake_quantize_per_tensor_affine(x, s, 0, -128, 127)));
+  EXPECT_TRUE(test::same_values_as_aten(y, at::fake_quantize_per_tensor_affine(x, s, 0, -128, 127),
+                                        x, torch::full({}, s)));
 }
 
 TEST(FakeQuantize, DoubleAgreesWithFloatWithinOneStep) {

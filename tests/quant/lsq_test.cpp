@@ -113,8 +113,8 @@ TEST(Lsq, MatchesAtenLearnablePerTensor) {
     const at::Tensor y = at::_fake_quantize_learnable_per_tensor_affine(leaf, s, torch::zeros({1}),
                                                                         -128, 127, grad_factor);
     const auto aten = torch::autograd::grad({y}, {leaf, s}, {dy});
-    EXPECT_TRUE(same_values(got.y, y.detach())) << n;
-    EXPECT_TRUE(same_values(got.dx, aten[0])) << n;
+    EXPECT_TRUE(test::same_values_as_aten(got.y, y.detach(), x, scale.reshape({}))) << n;
+    EXPECT_TRUE(test::same_values_as_aten(got.dx, aten[0], x, scale.reshape({}))) << n;
     // ATen forms q' as ((q * s) - x) * (1 / s) in float and sums in float.
     const double tolerance = kFloatSumTolerance * grad_factor * magnitude(dy, 128);
     EXPECT_NEAR(got.dscale.item<double>(), aten[1].item<double>(), tolerance) << n;

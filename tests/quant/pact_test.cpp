@@ -77,9 +77,12 @@ TEST(Pact, MatchesReferenceAndAten) {
                                        : pact_tensor_ref<double>(x, alpha, scale, spec);
           EXPECT_TRUE(same_values(y, y_ref)) << n;
           if (dtype == at::kFloat && rounding == Rounding::half_to_even) {
-            EXPECT_TRUE(same_values(y, at::fake_quantize_per_tensor_affine(
-                                           x.clamp(-alpha, alpha), static_cast<float>(scale), 0,
-                                           spec.quant_min(), spec.quant_max())))
+            const at::Tensor clipped = x.clamp(-alpha, alpha);
+            EXPECT_TRUE(test::same_values_as_aten(
+                y,
+                at::fake_quantize_per_tensor_affine(clipped, static_cast<float>(scale), 0,
+                                                    spec.quant_min(), spec.quant_max()),
+                clipped, torch::full({}, static_cast<float>(scale)), /*any_ties=*/true))
                 << n;
           }
         }

@@ -20,11 +20,11 @@ T round_ref(T v, Rounding rounding) {
   return rounding == Rounding::half_to_even ? std::nearbyint(v) : std::floor(v + T(0.5));
 }
 
-// round(x / s) + z, with x / s taken as x * (1 / s) in T (docs/quantization.md, eq. 2).
+// round(x / s) + z, with x / s a true division in T, as ONNX's QuantizeLinear
+// (docs/quantization.md, eq. 2).
 template <typename T>
 T quantized_ref(T x, T scale, int64_t zero_point, Rounding rounding) {
-  const T inv_scale = T(1) / scale;
-  return round_ref(x * inv_scale, rounding) + static_cast<T>(zero_point);
+  return round_ref(x / scale, rounding) + static_cast<T>(zero_point);
 }
 
 // Eq. 2.

@@ -1,29 +1,46 @@
-// The single-step subcommands: train, calibrate, evaluate, qat, export, check.
+// The single-step subcommands: train, calibrate, evaluate, qat, export, check, infer.
 #include "commands.h"
 
 #include <filesystem>
 #include <iostream>
 
-#include "calq/data/batches.h"
+#include "calq/deploy/integer_engine.h"
+#include "calq/deploy/onnxruntime.h"
+#include "calq/deploy/qdq_export.h"
 #include "calq/pipeline/training.h"
+#include "calq/trace.h"
 #include "calq/util/atomic_file.h"
+#include "calq/util/npy.h"
 #include "calq/util/timer.h"
 #include "steps.h"
 
 namespace calq {
 namespace cli {
+namespace {
+
+// Top-1 on the labels, or agreement with the float model when the data has none; shared
+// between the ranks of a job (every rank calls it).
+pipeline::Evaluation score(const Workspace& ws, Model& model, const Model& reference,
+                           const data::SourcePtr& data, bool quantized) {
+  const pipeline::Forward* against = ws.labelled ? nullptr : &reference.forward;
+  reference.module->eval();
+  return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against, 512,
+                                 "eval", ws.group);
+}
+
+}  // namespace
 
 int train_command(const RunConfig& config) {
   Workspace ws = open_workspace(config);
   double seconds = 0.0;
   bool reused = false;
-  zoo::Classifier model = float_model(ws, &seconds, &reused);
-  const double top1 =
-      pipeline::evaluate(*model, ws.test, /*quantized=*/false, 512, "eval", ws.group);
-  if (ws.writer()) {
-    std::cout << "float " << config.model << ": top-1 " << top1 << "%"
-              << (reused ? " (reused checkpoint)" : "") << "\n";
-  }
+  Model model = float_model(ws, &seconds, &reused);
+  const double val = score(ws, model, model, ws.validation, false).top1;
+  const double test = ws.test ? score(ws, model, model, ws.test, false).top1 : 0.0;
+  if (!ws.writer()) return 0;
+  std::cout << "float " << config.model << ": validation top-1 " << val << "%";
+  if (ws.test) std::cout << ", test top-1 " << test << "%";
+  std::cout << (reused ? " (reused)" : "") << "\n";
   return 0;
 }
 
@@ -32,38 +49,42 @@ int calibrate_command(const RunConfig& config, const std::string& observer,
   Workspace ws = open_workspace(config);
   double seconds = 0.0;
   bool reused = false;
-  zoo::Classifier float_net = float_model(ws, &seconds, &reused);
+  Model float_net = float_model(ws, &seconds, &reused);
   const QConfig qconfig =
       qconfig_file.empty() ? calibration_qconfig(config, observer) : load_qconfig(qconfig_file);
   ModelMeta meta;
-  zoo::Classifier model = prepare_from_float(config, *float_net, qconfig, &meta);
+  Model model = prepare_from_float(config, float_net, qconfig, &meta);
   util::Timer timer;
-  calibrate_model(ws, model, calibration_images(ws));
+  calibrate_model(ws, model);
   const double calibration_seconds = timer.seconds();
-  const double val_top1 =
-      pipeline::evaluate(*model, ws.validation, /*quantized=*/true, 512, "eval", ws.group);
-  const double top1 =
-      pipeline::evaluate(*model, ws.test, /*quantized=*/true, 512, "eval", ws.group);
+  const double val_top1 = score(ws, model, float_net, ws.validation, true).top1;
+  const double test_top1 = ws.test ? score(ws, model, float_net, ws.test, true).top1 : 0.0;
   const std::string name = qconfig_file.empty() ? observer : "custom";
   const std::string path = config.out + "/calibrated/" + name + ".pt";
   if (!ws.writer()) return 0;
-  save_model(*model, meta, path);
-  for (const auto& clamped : clamped_scales(*model)) {
+  save_model(model, meta, path);
+  for (const auto& clamped : clamped_scales(*model.module)) {
     std::cout << "warning: power-of-two scale clamped to [2^-14, 2^-1]: " << clamped << "\n";
   }
   std::cout << "calibrated with " << name << " in " << calibration_seconds
-            << " s: validation top-1 " << val_top1 << "%, test top-1 " << top1 << "%  -> " << path
-            << "\n";
+            << " s: validation top-1 " << val_top1 << "%";
+  if (ws.test) std::cout << ", test top-1 " << test_top1 << "%";
+  std::cout << "  -> " << path << "\n";
   return 0;
 }
 
 int evaluate_command(const RunConfig& config, const std::string& checkpoint) {
   Workspace ws = open_workspace(config);
   ModelMeta meta;
-  zoo::Classifier model = load_model(checkpoint, &meta);
-  const double top1 = pipeline::evaluate(*model, ws.test, meta.prepared, 512, "eval", ws.group);
+  Model model = load_model(checkpoint, &meta);
+  ModelMeta float_meta = meta;
+  float_meta.prepared = false;
+  const Model reference = build_model(float_meta);
+  copy_float_state(*model.module, *reference.module);
+  const data::SourcePtr set = ws.test ? ws.test : ws.validation;
+  const double top1 = score(ws, model, reference, set, meta.prepared).top1;
   if (!ws.writer()) return 0;
-  std::cout << checkpoint << ": top-1 " << top1 << "%"
+  std::cout << checkpoint << ": " << (ws.test ? "test" : "validation") << " top-1 " << top1 << "%"
             << (meta.prepared ? " (quantized, VALIDATION)" : " (float)") << "\n";
   return 0;
 }
@@ -73,36 +94,55 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   Workspace ws = open_workspace(config);
   double seconds = 0.0;
   bool reused = false;
-  zoo::Classifier float_net = float_model(ws, &seconds, &reused);
-  zoo::Classifier calibrated_model = load_model(calibrated);
+  Model float_net = float_model(ws, &seconds, &reused);
+  ModelMeta calibrated_meta;
+  Model calibrated_model = load_model(calibrated, &calibrated_meta);
+  TORCH_CHECK(calibrated_meta.prepared && calibrated_meta.qconfig.activation.has_value(), "qat: '",
+              calibrated, "' is not a calibrated model (no quantized activations)");
   const QConfig qconfig =
-      qconfig_file.empty() ? qat_qconfig(config, method) : load_qconfig(qconfig_file);
+      qconfig_file.empty()
+          ? qat_qconfig(config, method, calibrated_meta.qconfig.activation->observer)
+          : load_qconfig(qconfig_file);
   ModelMeta meta;
-  zoo::Classifier model = prepare_from_float(config, *float_net, qconfig, &meta);
-  const LoadReport report = load_observer_params(*calibrated_model, *model);
+  Model model = prepare_from_float(config, float_net, qconfig, &meta);
+  const LoadReport report = load_observer_params(*calibrated_model.module, *model.module);
   if (ws.writer()) std::cout << "load_observer_params: " << report.str() << "\n";
   TORCH_CHECK(report.ok(), "qat: the calibration in '", calibrated,
               "' does not fit the QAT model (see the mismatches above)");
   const std::string name = qconfig_file.empty() ? method : "custom";
-  auto result =
-      pipeline::train(*model, ws.train, qat_train_options(config, name).process_group(ws.group));
-  const double top1 =
-      pipeline::evaluate(*model, ws.test, /*quantized=*/true, 512, "eval", ws.group);
+  float_net.module->eval();
+  auto result = pipeline::train(*model.module, model.forward, ws.train,
+                                qat_train_options(config, name).process_group(ws.group),
+                                ws.labelled ? nullptr : &float_net.forward);
+  const double top1 = score(ws, model, float_net, ws.validation, true).top1;
   const std::string path = config.out + "/qat/" + name + ".pt";
   if (!ws.writer()) return 0;
-  save_model(*model, meta, path);
+  save_model(model, meta, path);
   std::filesystem::remove(qat_resume_checkpoint(config, name));
-  std::cout << "qat " << name << ": top-1 " << top1 << "%, " << result.seconds_per_epoch
-            << " s/epoch -> " << path << "\n";
+  std::cout << "qat " << name << " (" << (ws.labelled ? "labels" : "distillation")
+            << "): validation top-1 " << top1 << "%, " << result.seconds_per_epoch << " s/epoch -> "
+            << path << "\n";
   return 0;
 }
 
-int export_command(const std::string& checkpoint, const std::string& json_path) {
+int export_command(const std::string& checkpoint, const std::string& json_path,
+                   const std::string& onnx_path) {
+  TORCH_CHECK(!json_path.empty() || !onnx_path.empty(),
+              "export: give --json FILE (scales) and/or --onnx FILE (QDQ ONNX)");
   ModelMeta meta;
-  zoo::Classifier model = load_model(checkpoint, &meta);
+  Model model = load_model(checkpoint, &meta);
   TORCH_CHECK(meta.prepared, "export: '", checkpoint, "' is a float model; it has no scales");
-  util::write_file_atomic(json_path, export_scales(*model).dump(2) + "\n");
-  std::cout << "scales of " << checkpoint << " -> " << json_path << "\n";
+  if (!json_path.empty()) {
+    util::write_file_atomic(json_path, export_scales(*model.module).dump(2) + "\n");
+    std::cout << "scales of " << checkpoint << " -> " << json_path << "\n";
+  }
+  if (!onnx_path.empty()) {
+    const Trace t = trace_model(model);
+    link_input_quantizers(t);
+    const deploy::ExportReport report = deploy::export_qdq(*model.module, t, onnx_path);
+    std::cout << "QDQ ONNX of " << checkpoint << " -> " << onnx_path << ": " << report.str()
+              << "\n";
+  }
   return 0;
 }
 
@@ -110,10 +150,72 @@ int check_command(const RunConfig& config, const std::string& qconfig_file) {
   config.validate();
   const QConfig qconfig =
       qconfig_file.empty() ? calibration_qconfig(config, "percentile") : load_qconfig(qconfig_file);
-  zoo::Classifier float_net = zoo::make_model(config.model);
+  ModelMeta float_meta;
+  float_meta.model =
+      is_onnx_path(config.model) ? std::filesystem::absolute(config.model).string() : config.model;
+  const Model float_net = build_model(float_meta);
   ModelMeta meta;
-  zoo::Classifier model = prepare_from_float(config, *float_net, qconfig, &meta);
-  std::cout << format_qconfig_table(check_qconfig(*model));
+  Model model = prepare_from_float(config, float_net, qconfig, &meta);
+  std::cout << format_qconfig_table(check_qconfig(*model.module));
+  return 0;
+}
+
+int infer_command(const RunConfig& config, const std::string& model_path,
+                  const std::string& checkpoint, const std::string& input,
+                  const std::string& output, const std::string& engine,
+                  const std::string& requantization) {
+  TORCH_CHECK(engine == "sim" || engine == "int" || engine == "ort", "infer: unknown engine '",
+              engine,
+              "'; valid engines: sim (calq's simulation), int (integer engine), ort "
+              "(ONNX Runtime on the QDQ export)");
+  const int threads = config.threads > 0 ? static_cast<int>(config.threads) : 1;
+  at::set_num_threads(threads);
+  const at::Tensor x = util::read_npy(input).to(at::kFloat);
+  Model model;
+  bool prepared = false;
+  if (!checkpoint.empty()) {
+    ModelMeta meta;
+    model = load_model(checkpoint, &meta);
+    prepared = meta.prepared;
+  } else {
+    TORCH_CHECK(!model_path.empty(), "infer: give --model FILE.onnx or --checkpoint FILE");
+    ModelMeta meta;
+    meta.model =
+        is_onnx_path(model_path) ? std::filesystem::absolute(model_path).string() : model_path;
+    model = build_model(meta);
+  }
+  TORCH_CHECK(engine == "sim" || prepared, "infer: engine '", engine,
+              "' needs a prepared model (--checkpoint of a calibrated or QAT model)");
+  std::vector<at::Tensor> outputs;
+  if (engine == "sim") {
+    if (prepared) {
+      set_fake_quantize(*model.module, FakeQuantState::VALIDATION);
+    } else {
+      model.module->eval();
+    }
+    torch::NoGradGuard no_grad;
+    outputs.push_back(model.forward(x));
+  } else {
+    const Trace t = trace_model(model);
+    link_input_quantizers(t);
+    if (engine == "int") {
+      outputs = deploy::run_integer(*model.module, t, {x},
+                                    deploy::IntegerEngineOptions().requantization(
+                                        deploy::requantization_from_string(requantization)))
+                    .outputs;
+    } else {
+      const std::string onnx = output + ".qdq.onnx";
+      deploy::export_qdq(*model.module, t, onnx);
+      deploy::OrtOptions options;
+      options.threads = threads;
+      outputs = deploy::run_onnxruntime(onnx, {x}, options).outputs;
+      std::filesystem::remove(onnx);
+    }
+  }
+  TORCH_CHECK(!outputs.empty(), "infer: the model produced no output");
+  util::write_npy(output, outputs[0].to(at::kFloat));
+  std::cout << "infer (" << engine << "): " << input << " " << x.sizes() << " -> " << output << " "
+            << outputs[0].sizes() << "\n";
   return 0;
 }
 

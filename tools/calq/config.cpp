@@ -48,8 +48,12 @@ void RunConfig::validate() const {
   weight_dtype();
   activation_dtype();
   const auto& models = zoo::model_names();
-  TORCH_CHECK(std::find(models.begin(), models.end(), model) != models.end(), "--model: unknown ",
-              "model '", model, "'; valid models: cnn, resnet, mobilenet");
+  const bool onnx_file = model.size() > 5 && model.substr(model.size() - 5) == ".onnx";
+  TORCH_CHECK(onnx_file || std::find(models.begin(), models.end(), model) != models.end(),
+              "--model: unknown model '", model,
+              "'; valid models: cnn, resnet, mobilenet, or a path to an .onnx file");
+  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, "--size must be two positive ",
+              "numbers H W, got ", size.size(), " values");
   TORCH_CHECK(epochs >= 1, "--epochs must be >= 1, got ", epochs);
   TORCH_CHECK(qat_epochs >= 1, "--qat-epochs must be >= 1, got ", qat_epochs);
   TORCH_CHECK(calib_batches >= 1, "--calib-batches must be >= 1, got ", calib_batches);
@@ -76,7 +80,9 @@ void RunConfig::validate() const {
     get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();
   }
   for (const auto& method : methods) {
-    get_default_qconfig(method, std::string("fake_quant"), qat_observer).validate();
+    get_default_qconfig(method, std::string("fake_quant"),
+                        qat_observer == "calibrated" ? std::string("min_max") : qat_observer)
+        .validate();
   }
 }
 
@@ -99,6 +105,14 @@ nlohmann::json RunConfig::to_json() const {
           {"qat_schedule", qat_schedule},
           {"qat_freeze_bn_epochs", qat_freeze_bn_epochs},
           {"val_size", val_size},
+          {"data", data},
+          {"test_data", test_data},
+          {"size", size},
+          {"channels", channels},
+          {"order", order},
+          {"mean", mean},
+          {"std", std},
+          {"exclude", exclude},
           {"march", march},
           {"observers", observers},
           {"methods", methods},
@@ -143,6 +157,14 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("qat_schedule", qat_schedule);
     get("qat_freeze_bn_epochs", qat_freeze_bn_epochs);
     get("val_size", val_size);
+    get("data", data);
+    get("test_data", test_data);
+    get("size", size);
+    get("channels", channels);
+    get("order", order);
+    get("mean", mean);
+    get("std", std);
+    get("exclude", exclude);
     get("march", march);
     get("observers", observers);
     get("methods", methods);

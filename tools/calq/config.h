@@ -14,9 +14,9 @@ namespace calq {
 namespace cli {
 
 struct RunConfig {
-  std::string model = "cnn";
-  std::string bits = "8/8";  ///< weights/activations: 4, 8 or 16 each
-  int64_t epochs = 8;        ///< float training epochs
+  std::string model = "cnn";  ///< zoo name (cnn, resnet, mobilenet) or an .onnx file
+  std::string bits = "8/8";   ///< weights/activations: 4, 8 or 16 each
+  int64_t epochs = 8;         ///< float training epochs
   int64_t qat_epochs = 2;
   int64_t calib_batches = 32;
   int64_t batch_size = 128;
@@ -32,11 +32,19 @@ struct RunConfig {
   std::string qat_schedule = "cosine";  ///< QAT learning rates: cosine (decay to 0) | constant
   int64_t qat_freeze_bn_epochs = 1;     ///< last QAT epochs with batch norm frozen
   int64_t val_size = 5000;  ///< training images held out for every choice (best observer)
+  std::string data;         ///< user data: .npz (x, y), .npy (inputs) or an image folder
+  std::string test_data;    ///< user test data (same formats); none by default
+  std::vector<int64_t> size = {224, 224};  ///< image folders: resize to H W
+  int64_t channels = 3;                    ///< image folders: 3 (colour) or 1 (grey)
+  std::string order = "RGB";               ///< image folders: RGB or BGR
+  std::vector<double> mean = {0.0};        ///< image folders: per-channel mean of pixel / 255
+  std::vector<double> std = {1.0};         ///< image folders: per-channel std of pixel / 255
+  std::vector<std::string> exclude;        ///< layers (ONNX node names / module paths) kept float
   std::string march = "bayes";
   std::vector<std::string> observers = {"min_max", "percentile", "kl",   "mse",
                                         "mix",     "clip_std",   "clip", "fixed_scale"};
   std::vector<std::string> methods = {"fake_quant", "lsq", "pact"};
-  std::string qat_observer = "min_max";
+  std::string qat_observer = "calibrated";
   /// Local worker processes (ranks) of a data-parallel job started by this command; under an
   /// external launcher (RANK set) the environment describes the job instead.
   int64_t nproc = 1;

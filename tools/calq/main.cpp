@@ -22,7 +22,18 @@ namespace {
 // --config file, which overrides the defaults.
 void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config_file) {
   app.add_option("--config", config_file, "JSON file with settings (keys = flag names)");
-  app.add_option("--model", c.model, "cnn | resnet | mobilenet")->capture_default_str();
+  app.add_option("--model", c.model, "cnn | resnet | mobilenet | FILE.onnx")->capture_default_str();
+  app.add_option("--data", c.data,
+                 "your data: FILE.npz (x, y), FILE.npy (inputs) or a folder of images "
+                 "(default: Fashion-MNIST)");
+  app.add_option("--test-data", c.test_data, "your test data (same formats)");
+  app.add_option("--size", c.size, "image folders: resize to H W")->expected(2);
+  app.add_option("--channels", c.channels, "image folders: 3 (RGB/BGR) or 1 (grey)");
+  app.add_option("--order", c.order, "image folders: RGB or BGR");
+  app.add_option("--mean", c.mean, "image folders: mean of pixel / 255, one or per channel");
+  app.add_option("--std", c.std, "image folders: std of pixel / 255, one or per channel");
+  app.add_option("--exclude", c.exclude, "layers kept float (ONNX node names or module paths)")
+      ->delimiter(',');
   app.add_option("--bits", c.bits, "weights/activations bit widths: 4, 8 or 16 each, e.g. 8/8")
       ->capture_default_str();
   app.add_option("--epochs", c.epochs, "float training epochs")->capture_default_str();
@@ -55,7 +66,8 @@ void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config
   app.add_option("--observers", c.observers, "activation observers to calibrate with")
       ->delimiter(',');
   app.add_option("--methods", c.methods, "QAT fake-quant methods")->delimiter(',');
-  app.add_option("--qat-observer", c.qat_observer, "activation observer during QAT")
+  app.add_option("--qat-observer", c.qat_observer,
+                 "activation observer during QAT; calibrated: the loaded calibration's own")
       ->capture_default_str();
   app.add_option("--nproc", c.nproc,
                  "worker processes of a data-parallel job on this machine (under torchrun or "
@@ -146,9 +158,29 @@ int main(int argc, char** argv) {
       ->required();
   qat->add_option("--qconfig", qconfig_file, "QAT qconfig JSON file (instead of --method)");
 
-  auto* export_scales = app.add_subcommand("export", "export the scales of a model as JSON");
+  std::string onnx_path, input_path, output_path, engine = "sim", requantization = "float";
+  auto* export_scales =
+      app.add_subcommand("export", "export a prepared model: QDQ ONNX and/or its scales as JSON");
   export_scales->add_option("--checkpoint", checkpoint, "prepared model file")->required();
-  export_scales->add_option("--json", json_path, "output file")->required();
+  export_scales->add_option("--onnx", onnx_path,
+                            "QDQ ONNX file for ONNX Runtime's integer kernels");
+  export_scales->add_option("--json", json_path, "scales and zero points as JSON");
+
+  auto* infer = app.add_subcommand(
+      "infer", "run a model on a float32 .npy batch and write its output as .npy");
+  add_run_options(*infer, config, config_file);
+  infer->add_option("--checkpoint", checkpoint,
+                    "calibrated or QAT model file (VALIDATION state); else --model runs in float");
+  infer->add_option("--input", input_path, "float32 .npy input batch")->required();
+  infer->add_option("--output", output_path, "output .npy file")->required();
+  infer
+      ->add_option("--engine", engine,
+                   "sim (calq's simulation) | int (integer engine) | ort (ONNX Runtime)")
+      ->capture_default_str();
+  infer
+      ->add_option("--requantization", requantization,
+                   "integer engine: float (ONNX Runtime's) | fixed (multiplier + shift)")
+      ->capture_default_str();
 
   auto* check = app.add_subcommand("check", "list every quantization point and its qconfig");
   add_run_options(*check, config, config_file);
@@ -179,7 +211,13 @@ int main(int argc, char** argv) {
     if (chosen == calibrate) return calq::cli::calibrate_command(resolved, observer, qconfig_file);
     if (chosen == evaluate) return calq::cli::evaluate_command(resolved, checkpoint);
     if (chosen == qat) return calq::cli::qat_command(resolved, method, calibrated, qconfig_file);
-    if (chosen == export_scales) return calq::cli::export_command(checkpoint, json_path);
+    if (chosen == export_scales) {
+      return calq::cli::export_command(checkpoint, json_path, onnx_path);
+    }
+    if (chosen == infer) {
+      return calq::cli::infer_command(resolved, resolved.model, checkpoint, input_path, output_path,
+                                      engine, requantization);
+    }
     if (chosen == check) return calq::cli::check_command(resolved, qconfig_file);
   } catch (const c10::Error& error) {
     std::cerr << error_prefix() << error.what_without_backtrace() << "\n";

@@ -79,7 +79,7 @@ std::string test_cell(const Row& row) {
 }
 
 // The per-layer clipping threshold t of a symmetric quantizer: the real value of quant_max.
-std::map<std::string, double> thresholds(zoo::ClassifierImpl& model) {
+std::map<std::string, double> thresholds(torch::nn::Module& model) {
   std::map<std::string, double> out;
   for (const auto& item : model.named_modules()) {
     auto* fq = dynamic_cast<FakeQuantizeImpl*>(item.value().get());
@@ -135,18 +135,18 @@ std::string summary_table(const nlohmann::json& results) {
   return out;
 }
 
-void write_report(const Workspace& ws, const nlohmann::json& results,
-                  zoo::ClassifierImpl& float_model, zoo::ClassifierImpl& calibrated) {
+void write_report(const Workspace& ws, const nlohmann::json& results, const Model& float_model,
+                  const Model& calibrated) {
   const RunConfig& c = ws.config;
   const double float_top1 = results.at("float").at("val_top1").get<double>();
 
   // Per-layer histograms of the calibration data, with the best observer's range.
-  zoo::Classifier histogram_model =
+  Model histogram_model =
       prepare_from_float(c, float_model, calibration_qconfig(c, "percentile"), nullptr);
-  calibrate(histogram_model, calibration_images(ws));
-  const auto chosen = thresholds(calibrated);
+  calibrate_model(ws, histogram_model);
+  const auto chosen = thresholds(*calibrated.module);
   std::string histogram_section;
-  for (const auto& item : histogram_model->named_modules()) {
+  for (const auto& item : histogram_model.module->named_modules()) {
     auto* fq = dynamic_cast<FakeQuantizeImpl*>(item.value().get());
     if (fq == nullptr || chosen.count(item.key()) == 0) continue;
     auto* observer = dynamic_cast<observers::HistogramObserverImpl*>(&fq->observer());
@@ -174,13 +174,19 @@ void write_report(const Workspace& ws, const nlohmann::json& results,
   write_accuracy_svg(c.out + "/accuracy.svg", bars, float_top1);
 
   std::string md;
-  md += fmt::format("# calq run: {} on Fashion-MNIST, W{}\n\n", c.model, c.bits);
+  md += fmt::format("# calq run: {} on {}, W{}\n\n", c.model,
+                    c.data.empty() ? std::string("Fashion-MNIST") : c.data, c.bits);
   md += fmt::format(
-      "{} training / {} validation (held out from training) / {} test images, {} float epochs, "
-      "{} QAT epochs, {} calibration batches of {}, seed {}, {} threads, march {}.\n\n",
-      ws.train.size(), ws.validation.size(), ws.test.size(), c.epochs, c.qat_epochs,
-      c.calib_batches, c.batch_size, c.seed, results["config"].value("threads_used", c.threads),
-      c.march);
+      "{} training / {} validation (held out from training) / {} test examples, {} float "
+      "epochs, {} QAT epochs, {} calibration batches of {}, seed {}, {} threads, march {}.\n\n",
+      ws.train->size(), ws.validation->size(), ws.test ? ws.test->size() : 0, c.epochs,
+      c.qat_epochs, c.calib_batches, c.batch_size, c.seed,
+      results["config"].value("threads_used", c.threads), c.march);
+  if (!ws.labelled) {
+    md +=
+        "The data has no labels: \"top-1\" is agreement with the float model's top-1, and "
+        "QAT distills from the float model (KL divergence on its logits).\n\n";
+  }
   md +=
       "Every choice is made on the validation split; the test set measures only the float "
       "model, the chosen calibration and the QAT models. \"test vs float\" is the paired "
@@ -207,6 +213,44 @@ void write_report(const Workspace& ws, const nlohmann::json& results,
     md += "\n";
   }
   md += "![accuracy per observer and method](accuracy.svg)\n\n";
+  if (results.contains("deploy")) {
+    md += "## Deployment\n\n";
+    md += fmt::format(
+        "Every model exported as QDQ ONNX (`deploy/NAME.onnx`) and run by ONNX Runtime {} on "
+        "its integer kernels ({}), and by calq's integer engine. Top-1 on the {} set; "
+        "agreement: the deployed model's top-1 equals the simulation's; LSB: the largest "
+        "difference between simulated and deployed outputs in steps of the output grid (the "
+        "accumulator step s_x s_w for a float output layer, where one LSB of difference in "
+        "the layer's int8 input moves an output by up to the sum of |w_int| over the "
+        "reduction, so values far above 1 there mean a one-step difference upstream, which "
+        "rounding ties in the simulation's float convolutions produce on a few "
+        "examples).\n\n",
+        results["deploy_runtime"].value("onnxruntime", std::string("?")),
+        results["deploy_runtime"].value("cpu", std::string("?")),
+        results["deploy_runtime"].value("set", std::string("test")));
+    md +=
+        "| model | simulated top-1 | ONNX Runtime top-1 | integer engine top-1 | argmax "
+        "agreement (ORT) | max LSB diff (ORT) |\n|---|---:|---:|---:|---:|---:|\n";
+    auto number = [](const nlohmann::json& d, const char* key, double factor, const char* unit) {
+      return d.contains(key) && d[key].is_number()
+                 ? fmt::format("{:.{}f}{}", d[key].get<double>() * factor, factor == 1.0 ? 2 : 3,
+                               unit)
+                 : std::string("-");
+    };
+    for (const auto& item : results["deploy"].items()) {
+      const auto& d = item.value();
+      if (d.contains("export_error")) {
+        md += fmt::format("| {} | export failed: {} | | | | |\n", item.key(),
+                          d["export_error"].get<std::string>());
+        continue;
+      }
+      md += fmt::format("| {} | {} | {} | {} | {} | {} |\n", item.key(),
+                        number(d, "sim_top1", 1.0, ""), number(d, "ort_top1", 1.0, ""),
+                        number(d, "int_top1", 1.0, ""), number(d, "argmax_agree", 100.0, " %"),
+                        number(d, "max_lsb_diff", 1.0, ""));
+    }
+    md += "\n";
+  }
   md += "## Activation histograms\n\n";
   md += fmt::format(
       "abs(x) of every quantized activation on the calibration batches (log counts), with "

@@ -6,7 +6,6 @@
 
 #include <string>
 
-#include "calq/zoo/models.h"
 #include "steps.h"
 
 namespace calq {
@@ -18,8 +17,8 @@ std::string summary_table(const nlohmann::json& results);
 /// Writes OUT/report.md, OUT/accuracy.svg and OUT/histograms/<layer>.svg. The histograms are
 /// collected on the calibration batches with a percentile observer per activation, and show
 /// the range [-t, t] that `calibrated` uses at that layer.
-void write_report(const Workspace& ws, const nlohmann::json& results,
-                  zoo::ClassifierImpl& float_model, zoo::ClassifierImpl& calibrated);
+void write_report(const Workspace& ws, const nlohmann::json& results, const Model& float_model,
+                  const Model& calibrated);
 
 }  // namespace cli
 }  // namespace calq

@@ -1,7 +1,7 @@
-// calq run: the seed's eleven steps on the embedded default, for every observer and method.
-// Every choice (the best observer, the best method) is made on the validation split held out
-// from the training images; the test set only measures what was chosen, with paired
-// confidence intervals for every difference the report names.
+// calq run: the seed's eleven steps on the embedded default or a user's ONNX model and data, for
+// every observer and method, then deployment. Every choice (the best observer, the best method)
+// is made on the validation split held out from the training data; the test set only measures
+// what was chosen, with paired confidence intervals for every difference the report names.
 #include <filesystem>
 #include <iostream>
 
@@ -10,6 +10,7 @@
 #include "calq/util/atomic_file.h"
 #include "calq/util/timer.h"
 #include "commands.h"
+#include "deploy_step.h"
 #include "report.h"
 #include "steps.h"
 
@@ -44,6 +45,13 @@ bool has(const nlohmann::json& j, const std::string& a, const std::string& b) {
   return j.contains(a) && j[a].contains(b);
 }
 
+// Rank 0's answer on every rank of a job (so that all ranks take the same branch, whatever
+// their view of the files); `answer` in one process.
+bool rank0_decides(const Workspace& ws, bool answer) {
+  if (!ws.group) return answer;
+  return !ws.group->broadcast_bytes(answer ? "1" : "").empty();
+}
+
 nlohmann::json comparison_json(const pipeline::PairedComparison& c) {
   return {{"diff_pt", c.diff_pt},  {"ci_low_pt", c.ci_low_pt}, {"ci_high_pt", c.ci_high_pt},
           {"p_value", c.p_value},  {"a_only", c.a_only},       {"b_only", c.b_only},
@@ -74,9 +82,11 @@ int run_command(const RunConfig& config) {
     if (writer) save_results(config, results);
   };
   if (writer) {
-    std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train.size()
-              << " training / " << ws.validation.size() << " validation / " << ws.test.size()
-              << " test images, " << at::get_num_threads() << " threads"
+    std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train->size()
+              << " training / " << ws.validation->size() << " validation / "
+              << (ws.test ? ws.test->size() : 0) << " test examples"
+              << (ws.labelled ? "" : " (no labels: agreement with the float model)") << ", "
+              << at::get_num_threads() << " threads"
               << (ws.group ? " x " + std::to_string(ws.group->size()) + " processes" : "") << " -> "
               << config.out << "\n";
   }
@@ -84,70 +94,81 @@ int run_command(const RunConfig& config) {
   results["config"] = config.to_json();
   results["config"]["threads_used"] = at::get_num_threads();
   results["config"]["processes_used"] = ws.group ? ws.group->size() : 1;
-  results["data"] = {
-      {"train", ws.train.size()}, {"validation", ws.validation.size()}, {"test", ws.test.size()}};
+  results["data"] = ws.describe();
+  results["data"]["train"] = ws.train->size();
+  results["data"]["validation"] = ws.validation->size();
+  results["data"]["test"] = ws.test ? ws.test->size() : 0;
+  results["data"]["source"] = ws.train->describe();
 
-  // Step 1: the float model.
+  // Step 1: the float model (trained for the zoo; the user's model as it is).
   double float_seconds = 0.0;
   bool reused = false;
-  zoo::Classifier float_net = float_model(ws, &float_seconds, &reused);
-  if (!has(results, "float", "val_top1") || !reused) {
-    results["float"] = {{"val_top1", pipeline::evaluate(*float_net, ws.validation, false, 512,
-                                                        "val float", ws.group)},
+  Model float_net = float_model(ws, &float_seconds, &reused);
+  const pipeline::Forward reference = float_net.forward;
+  const pipeline::Forward* against = ws.labelled ? nullptr : &reference;
+  auto evaluate = [&](Model& model, const data::SourcePtr& data, bool quantized,
+                      const std::string& label) {
+    return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against, 512,
+                                   label, ws.group);
+  };
+  if (rank0_decides(ws, !has(results, "float", "val_top1") || !reused)) {
+    results["float"] = {{"val_top1", evaluate(float_net, ws.validation, false, "val float").top1},
                         {"seconds_per_epoch", float_seconds},
                         {"reused_checkpoint", reused}};
     save(results);
   }
 
   // Steps 2-6 for every activation observer: prepare, calibrate, validate on held-out data.
-  const std::vector<at::Tensor> calibration = calibration_images(ws);
   for (const std::string& observer : config.observers) {
     const std::string path = config.out + "/calibrated/" + observer + ".pt";
-    if (has(results, "calibration", observer) && std::filesystem::exists(path)) continue;
+    if (rank0_decides(ws, has(results, "calibration", observer) && std::filesystem::exists(path)))
+      continue;
     ModelMeta meta;
-    zoo::Classifier model =
-        prepare_from_float(config, *float_net, calibration_qconfig(config, observer), &meta);
+    Model model =
+        prepare_from_float(config, float_net, calibration_qconfig(config, observer), &meta);
     util::Timer timer;
-    calibrate_model(ws, model, calibration);
+    calibrate_model(ws, model);
     const double seconds = timer.seconds();
-    const double top1 =
-        pipeline::evaluate(*model, ws.validation, true, 512, "val " + observer, ws.group);
-    if (writer) save_model(*model, meta, path);
-    results["calibration"][observer] = {
-        {"val_top1", top1}, {"seconds", seconds}, {"clamped_scales", clamped_scales(*model)}};
+    const double top1 = evaluate(model, ws.validation, true, "val " + observer).top1;
+    if (writer) save_model(model, meta, path);
+    results["calibration"][observer] = {{"val_top1", top1},
+                                        {"seconds", seconds},
+                                        {"clamped_scales", clamped_scales(*model.module)}};
     save(results);
     if (writer) std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
   }
   const std::string best = best_by_validation(results, "calibration", config.observers);
   results["best_observer"] = best;
   ws.sync();  // rank 0 wrote the calibrated models
-  zoo::Classifier calibrated = load_model(config.out + "/calibrated/" + best + ".pt");
+  Model calibrated = load_model(config.out + "/calibrated/" + best + ".pt");
 
-  // Steps 7-11 for every method: fresh QAT model, load the best calibration, train, validate.
+  // Steps 7-11 for every method: fresh QAT model, load the best calibration, train (labels, or
+  // distillation from the float model), validate.
   for (const std::string& method : config.methods) {
     const std::string path = config.out + "/qat/" + method + ".pt";
-    if (has(results, "qat", method) && std::filesystem::exists(path)) continue;
+    if (rank0_decides(ws, has(results, "qat", method) && std::filesystem::exists(path))) continue;
     ModelMeta meta;
-    zoo::Classifier model =
-        prepare_from_float(config, *float_net, qat_qconfig(config, method), &meta);
-    const LoadReport report = load_observer_params(*calibrated, *model);
+    Model model = prepare_from_float(config, float_net, qat_qconfig(config, method, best), &meta);
+    const LoadReport report = load_observer_params(*calibrated.module, *model.module);
     TORCH_CHECK(report.ok(), "qat ", method,
                 ": the calibration does not fit the QAT model: ", report.str());
-    auto trained = pipeline::train(*model, ws.train,
-                                   qat_train_options(config, method).process_group(ws.group));
-    const double top1 =
-        pipeline::evaluate(*model, ws.validation, true, 512, "val qat " + method, ws.group);
+    float_net.module->eval();
+    auto trained = pipeline::train(*model.module, model.forward, ws.train,
+                                   qat_train_options(config, method).process_group(ws.group),
+                                   ws.labelled ? nullptr : &reference);
+    const double top1 = evaluate(model, ws.validation, true, "val qat " + method).top1;
     if (writer) {
-      save_model(*model, meta, path);
+      save_model(model, meta, path);
       std::filesystem::remove(qat_resume_checkpoint(config, method));
     }
     results["qat"][method] = {{"val_top1", top1},
                               {"seconds_per_epoch", trained.seconds_per_epoch},
+                              {"loss", ws.labelled ? "cross_entropy" : "distillation"},
                               {"load",
                                {{"copied_entries", report.copied.size()},
                                 {"converted", report.converted},
                                 {"not_applicable_entries", report.not_applicable.size()}}},
-                              {"clamped_scales", clamped_scales(*model)}};
+                              {"clamped_scales", clamped_scales(*model.module)}};
     save(results);
     if (writer) std::cerr << "qat " << method << ": validation top-1 " << top1 << "%\n";
   }
@@ -155,33 +176,51 @@ int run_command(const RunConfig& config) {
   ws.sync();  // rank 0 wrote the QAT models
 
   // The test set, once, for the float model and what was chosen or trained: top-1 and paired
-  // comparisons on the same images.
-  const pipeline::Evaluation float_test =
-      pipeline::evaluate_each(*float_net, ws.test, false, 512, "test float", ws.group);
-  results["float"]["test_top1"] = float_test.top1;
-  const pipeline::Evaluation calibrated_test =
-      pipeline::evaluate_each(*calibrated, ws.test, true, 512, "test " + best, ws.group);
-  results["chosen_calibration"] = {{"observer", best},
-                                   {"test_top1", calibrated_test.top1},
-                                   {"vs_float", comparison_json(pipeline::compare_paired(
-                                                    float_test.correct, calibrated_test.correct))}};
-  for (const std::string& method : config.methods) {
-    zoo::Classifier model = load_model(config.out + "/qat/" + method + ".pt");
-    const pipeline::Evaluation test =
-        pipeline::evaluate_each(*model, ws.test, true, 512, "test qat " + method, ws.group);
-    results["qat"][method]["test_top1"] = test.top1;
-    results["qat"][method]["vs_float"] =
-        comparison_json(pipeline::compare_paired(float_test.correct, test.correct));
-    results["qat"][method]["vs_calibration"] =
-        comparison_json(pipeline::compare_paired(calibrated_test.correct, test.correct));
+  // comparisons on the same examples.
+  if (ws.test) {
+    const pipeline::Evaluation float_test = evaluate(float_net, ws.test, false, "test float");
+    results["float"]["test_top1"] = float_test.top1;
+    const pipeline::Evaluation calibrated_test =
+        evaluate(calibrated, ws.test, true, "test " + best);
+    results["chosen_calibration"] = {
+        {"observer", best},
+        {"test_top1", calibrated_test.top1},
+        {"vs_float",
+         comparison_json(pipeline::compare_paired(float_test.correct, calibrated_test.correct))}};
+    for (const std::string& method : config.methods) {
+      Model model = load_model(config.out + "/qat/" + method + ".pt");
+      const pipeline::Evaluation test = evaluate(model, ws.test, true, "test qat " + method);
+      results["qat"][method]["test_top1"] = test.top1;
+      results["qat"][method]["vs_float"] =
+          comparison_json(pipeline::compare_paired(float_test.correct, test.correct));
+      results["qat"][method]["vs_calibration"] =
+          comparison_json(pipeline::compare_paired(calibrated_test.correct, test.correct));
+    }
+  }
+  // The rest (deployment check, exports, report) runs on rank 0 alone.
+  if (!writer) return 0;
+  save_results(config, results);
+
+  // Deployment: the chosen calibration and every QAT model as QDQ ONNX, run by ONNX Runtime and
+  // the integer engine.
+  {
+    nlohmann::json runtime;
+    results["deploy"]["calibrated_" + best] = deploy_and_check(
+        ws, calibrated, float_net, config.out + "/deploy/calibrated_" + best + ".onnx", &runtime);
+    for (const std::string& method : config.methods) {
+      const Model model = load_model(config.out + "/qat/" + method + ".pt");
+      results["deploy"]["qat_" + method] = deploy_and_check(
+          ws, model, float_net, config.out + "/deploy/qat_" + method + ".onnx", &runtime);
+    }
+    results["deploy_runtime"] = runtime;
+    save_results(config, results);
   }
 
-  if (!writer) return 0;
   util::write_file_atomic(config.out + "/scales_calibrated_" + best + ".json",
-                          export_scales(*calibrated).dump(2) + "\n");
+                          export_scales(*calibrated.module).dump(2) + "\n");
   results["seconds_total"] = total.seconds();  // this invocation (a resumed run counts its part)
   save_results(config, results);
-  write_report(ws, results, *float_net, *calibrated);
+  write_report(ws, results, float_net, calibrated);
   std::cout << summary_table(results);
   std::cout << "results: " << config.out << "/results.json, report: " << config.out
             << "/report.md\n";

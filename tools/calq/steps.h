@@ -1,30 +1,38 @@
 #pragma once
-// The workflow steps the subcommands share: data, float model, calibration, QAT, checkpoints.
+// The workflow steps the subcommands share: data, models (a zoo network or an imported ONNX
+// graph), calibration, QAT, checkpoints.
 
 #include <nlohmann/json.hpp>
 
 #include <string>
 
-#include "calq/data/fashion_mnist.h"
+#include "calq/data/source.h"
 #include "calq/distributed/process_group.h"
 #include "calq/pipeline/training.h"
 #include "calq/qconfig.h"
+#include "calq/trace.h"
 #include "calq/workflow.h"
-#include "calq/zoo/models.h"
 #include "config.h"
 
 namespace calq {
 namespace cli {
 
+/// The data of a run. Fashion-MNIST by default (training images minus the validation split,
+/// and the test set); with --data, the user's file or folder (minus the validation split) and
+/// --test-data if given.
 struct Workspace {
   RunConfig config;
-  data::Dataset train;       ///< training images minus the validation split
-  data::Dataset validation;  ///< --val-size training images held out for every choice
-  data::Dataset test;
+  data::SourcePtr train;       ///< calibration and QAT data
+  data::SourcePtr validation;  ///< --val-size examples held out for every choice
+  data::SourcePtr test;        ///< null when the user gave no test data
+  /// Whether the data has labels (else evaluation is agreement with the float model and QAT
+  /// distills from it).
+  bool labelled = true;
   /// The job this process is a rank of (started by --nproc or an external launcher), else
   /// null. Every rank runs the same steps; training, calibration and evaluation are shared
   /// between the ranks; only rank 0 writes files and prints results.
   std::shared_ptr<distributed::ProcessGroup> group;
+  nlohmann::json describe() const;
 
   /// Whether this process writes files and prints results (rank 0, or the only process).
   bool writer() const;
@@ -33,22 +41,35 @@ struct Workspace {
   void sync() const;
 };
 
-/// Reads the data set (limits applied), holds out the validation split, joins the job when a
+/// Reads the data (limits applied), holds out the validation split, joins the job when a
 /// launcher started this process (threads: --threads, or the cores divided among the local
 /// ranks), and sets the thread count.
 Workspace open_workspace(const RunConfig& config);
 
-/// Steps 3-4: calibrate `model` on `batches`, sharded over the ranks of ws.group when there is
-/// one (distributed::calibrate), else in this process (calq::calibrate).
-void calibrate_model(const Workspace& ws, zoo::Classifier& model,
-                     const std::vector<at::Tensor>& batches);
+/// A model of the CLI: what the loops drive.
+struct Model {
+  std::shared_ptr<torch::nn::Module> module;
+  pipeline::Forward forward;
+  /// Module path of the layer whose output stays float by default ("32-bit output").
+  std::string output_layer;
+  /// One example's shape (no batch dimension), for traces.
+  std::vector<int64_t> example_shape;
+  /// For imported models: ONNX node names -> module overrides of --exclude.
+  std::function<std::map<std::string, QConfig>(const std::vector<std::string>&)> keep_float;
+  bool imported = false;
+};
+
+/// Whether --model names an ONNX file rather than a zoo network.
+bool is_onnx_path(const std::string& model);
 
 /// The calibration recipe: fake_quant everywhere, `observer` on activations, min_max on
 /// weights, dtypes from --bits.
 QConfig calibration_qconfig(const RunConfig& config, const std::string& observer);
-/// The QAT recipe of `method`: activations `method` with --qat-observer; weights lsq for lsq,
-/// else fake_quant; min_max weight observer.
-QConfig qat_qconfig(const RunConfig& config, const std::string& method);
+/// The QAT recipe of `method`: activations `method` with --qat-observer ("calibrated": the
+/// observer the loaded calibration used, `calibrated_observer`); weights lsq for lsq, else
+/// fake_quant; min_max weight observer.
+QConfig qat_qconfig(const RunConfig& config, const std::string& method,
+                    const std::string& calibrated_observer);
 
 /// Where an interrupted QAT of `name` resumes from (removed once it finished).
 std::string qat_resume_checkpoint(const RunConfig& config, const std::string& name);
@@ -59,35 +80,42 @@ pipeline::TrainOptions qat_train_options(const RunConfig& config, const std::str
 
 /// A model as saved by calq: parameters in `path`, how to rebuild it in `path`.json.
 struct ModelMeta {
-  std::string model;
+  std::string model;  ///< zoo name or ONNX file (absolute path)
   bool prepared = false;
   QConfig qconfig;  ///< global recipe (prepared models)
   std::string march = "bayes";
+  std::vector<std::string> exclude;  ///< kept float (--exclude)
   nlohmann::json to_json() const;
   static ModelMeta from_json(const nlohmann::json& j);
 };
 
-/// Builds the model of `meta` (fused and prepared when meta.prepared), with the last layer's
-/// output kept float.
-zoo::Classifier build_model(const ModelMeta& meta);
-void save_model(zoo::ClassifierImpl& model, const ModelMeta& meta, const std::string& path);
+/// Builds the model of `meta` (fused, prepared and linked for deployment when prepared), with
+/// the last layer's output and the --exclude layers kept float.
+Model build_model(const ModelMeta& meta);
+void save_model(const Model& model, const ModelMeta& meta, const std::string& path);
 /// Rebuilds and loads a model saved by save_model; errors name the file and the mismatch.
-zoo::Classifier load_model(const std::string& path, ModelMeta* meta = nullptr);
+Model load_model(const std::string& path, ModelMeta* meta = nullptr);
 
-/// Trains the float model, or reuses OUT/float_<model>.pt when it was trained with the same
-/// settings. Returns the model; *seconds_per_epoch is 0 when reused.
-zoo::Classifier float_model(const Workspace& ws, double* seconds_per_epoch, bool* reused);
+/// The float model: a zoo network trained (or reused from OUT/float_<model>.pt when trained
+/// with the same settings), or the imported ONNX model as it is. *seconds_per_epoch is 0 and
+/// *reused true when nothing was trained.
+Model float_model(const Workspace& ws, double* seconds_per_epoch, bool* reused);
 
 /// A fresh prepared model holding the float model's weights (steps 2 and 7).
-zoo::Classifier prepare_from_float(const RunConfig& config, zoo::ClassifierImpl& float_model,
-                                   const QConfig& qconfig, ModelMeta* meta);
+Model prepare_from_float(const RunConfig& config, const Model& float_model, const QConfig& qconfig,
+                         ModelMeta* meta);
 
-/// The calibration batches (images only) of step 4: --calib-batches batches of --batch-size
-/// training images, drawn with --seed.
-std::vector<at::Tensor> calibration_images(const Workspace& ws);
+/// Step 3-4 on `model`: CALIBRATION state, the calibration batches of `ws` (--calib-batches
+/// of --batch-size training examples, drawn with --seed), read one batch at a time. In a job
+/// (ws.group), each rank reads and observes its contiguous shard of the batches and the
+/// observers merge in rank order (distributed::calibrate).
+void calibrate_model(const Workspace& ws, Model& model);
 
 /// Every quantization point's scale and zero point, per module path.
-nlohmann::json export_scales(zoo::ClassifierImpl& model);
+nlohmann::json export_scales(torch::nn::Module& model);
+
+/// The trace of a model on a zero example (batch 1).
+Trace trace_model(const Model& model);
 
 }  // namespace cli
 }  // namespace calq

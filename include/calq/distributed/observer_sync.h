@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -37,6 +38,12 @@ void merge_observers(torch::nn::Module& model, ProcessGroup& group);
 void calibrate(torch::nn::Module& model,
                const std::function<at::Tensor(const at::Tensor&)>& forward,
                const std::vector<at::Tensor>& batches, ProcessGroup& group);
+
+/// The same with the calibration set read lazily: `batch(i)` returns batch i of `num_batches`
+/// (the same on every rank); rank r reads only its shard's batches.
+void calibrate(torch::nn::Module& model,
+               const std::function<at::Tensor(const at::Tensor&)>& forward, int64_t num_batches,
+               const std::function<at::Tensor(int64_t)>& batch, ProcessGroup& group);
 
 /// The same for a module holder with forward(Tensor) (as calq::calibrate).
 template <typename ModelHolder>

@@ -1,6 +1,6 @@
 #pragma once
-// Quantizable 2-d convolutions: Conv2d, ConvReLU2d and the fused Conv-BN blocks ConvBn2d,
-// ConvBnReLU2d, ConvBnReLU6_2d.
+// Quantizable 2-d convolutions: Conv2d, ConvReLU2d, ConvReLU6_2d and the fused Conv-BN blocks
+// ConvBn2d, ConvBnReLU2d, ConvBnReLU6_2d.
 
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
@@ -48,6 +48,8 @@ class ConvBlockImpl : public QuantModuleImpl {
   void fuse();
   bool fused() const { return fused_; }
   bool has_bn() const { return !bn.is_empty(); }
+  /// The activation that closes the block.
+  Activation activation() const { return activation_; }
   /// In the folded form, use running statistics in training too and stop updating them
   /// (the usual last epochs of QAT). Default false.
   void freeze_bn(bool frozen = true) { bn_frozen_ = frozen; }
@@ -98,6 +100,9 @@ class ConvBlockImpl : public QuantModuleImpl {
 CALQ_CONV_BLOCK(Conv2d, false, Activation::none);
 /// Conv2d -> ReLU as one quantization point.
 CALQ_CONV_BLOCK(ConvReLU2d, false, Activation::relu);
+/// Conv2d -> ReLU6 as one quantization point (MobileNet blocks with batch norm folded into
+/// the convolution, as eval-mode ONNX exports give them).
+CALQ_CONV_BLOCK(ConvReLU6_2d, false, Activation::relu6);
 /// Conv2d -> BatchNorm2d (bias usually false).
 CALQ_CONV_BLOCK(ConvBn2d, true, Activation::none);
 /// Conv2d -> BatchNorm2d -> ReLU.

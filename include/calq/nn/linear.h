@@ -19,6 +19,8 @@ class LinearBlockImpl : public QuantModuleImpl {
   LinearBlockImpl(std::string type_name, LinearOptions options, bool relu);
   at::Tensor forward(const at::Tensor& x);
   bool has_weight() const override { return true; }
+  /// Whether a ReLU closes the block (LinearReLU).
+  bool relu() const { return relu_; }
 
   torch::nn::Linear linear{nullptr};
 

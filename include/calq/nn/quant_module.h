@@ -36,6 +36,11 @@ class RecordingScope {
   CallRecorder* previous_;
 };
 
+/// True while calq::trace runs on this thread. Quantizers then pass values through and
+/// observe nothing: a trace records structure, and an example input (often zeros) must not
+/// become part of a calibration.
+bool recording();
+
 /// A quantizable module. Until prepared it computes exactly what its torch::nn counterpart
 /// computes. prepare() registers up to two FakeQuantize children:
 ///   "weight_fake_quant" (modules with a weight, when the qconfig has a weight recipe) and
@@ -68,7 +73,17 @@ class QuantModuleImpl : public torch::nn::Module {
   FakeQuantize weight_fake_quant() const { return weight_fake_quant_; }
   FakeQuantize output_fake_quant() const { return output_fake_quant_; }
 
+  /// The quantizer whose grid this module's input lies on (an upstream module's output
+  /// quantizer, found by calq::link_input_quantizers from a trace); empty if unknown or the
+  /// input is float. Not a child: not saved, set again after a load. Weighted modules use it in
+  /// VALIDATION to add their bias as the deployed integer kernel does (int32 at s_x * s_w).
+  void set_input_quantizer(FakeQuantize quantizer) { input_quantizer_ = std::move(quantizer); }
+  FakeQuantize input_quantizer() const { return input_quantizer_; }
+
  protected:
+  /// The bias as the deployed model adds it: in VALIDATION, with a quantized weight and a known
+  /// input quantizer, quantize_bias(bias, s_x, s_w).dequantized(); otherwise `bias` itself.
+  at::Tensor deployed_bias(const at::Tensor& bias) const;
   /// Identity while the slot is empty.
   at::Tensor quantize_weight(const at::Tensor& weight);
   at::Tensor quantize_output(const at::Tensor& output);
@@ -83,6 +98,7 @@ class QuantModuleImpl : public torch::nn::Module {
   c10::optional<QConfig> resolved_qconfig_;
   FakeQuantize weight_fake_quant_{nullptr};
   FakeQuantize output_fake_quant_{nullptr};
+  FakeQuantize input_quantizer_{nullptr};
 };
 
 }  // namespace nn

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "calq/data/fashion_mnist.h"
+#include "calq/data/source.h"
 #include "calq/zoo/models.h"
 
 namespace calq {
@@ -60,8 +61,9 @@ struct TrainOptions {
   TORCH_ARG(std::function<void(int64_t finished_epochs)>, on_epoch_end) = nullptr;
 
   /// Data-parallel training on this process group (docs/distributed.md): every rank calls
-  /// train with the same model, dataset and options. `batch_size` is then the global batch:
-  /// rank r trains on the r-th contiguous part of every batch (distributed::shard), its mean
+  /// train with the same model, data, teacher and options. `batch_size` is then the global
+  /// batch: rank r trains on the r-th contiguous part of every batch of the epoch's shuffled
+  /// order (distributed::shard; data::SourceBatches::part) and reads only those rows, its mean
   /// loss weighted by its share of the rows, and the gradients are summed over the ranks, so
   /// a step equals one process's step on the whole batch up to float rounding (batch norm and
   /// observers see the global batch: distributed::DataParallel). Every rank holds the same
@@ -86,25 +88,43 @@ struct TrainResult {
   double final_loss = 0.0;         ///< mean training loss of the last epoch
 };
 
-/// Trains `model` (whose logits `forward` computes) with Adam and cross-entropy. Throws on an
-/// empty dataset, a non-finite loss (naming the epoch and step) or a checkpoint that does not
+/// Trains `model` (whose logits `forward` computes) with Adam: cross-entropy on the labels, or,
+/// with a `teacher` (the float model: distillation, the default for data without labels), the
+/// divergence from the teacher's outputs: KL(softmax(teacher) || softmax(student)) for 2-d
+/// outputs (logits), mean squared error otherwise. Throws on empty data, data without labels
+/// and no teacher, a non-finite loss (naming the epoch and step) or a checkpoint that does not
 /// fit the model.
+TrainResult train(torch::nn::Module& model, const Forward& forward, const data::SourcePtr& data,
+                  const TrainOptions& options, const Forward* teacher = nullptr);
 TrainResult train(torch::nn::Module& model, const Forward& forward, const data::Dataset& dataset,
                   const TrainOptions& options);
 TrainResult train(zoo::ClassifierImpl& model, const data::Dataset& dataset,
                   const TrainOptions& options);
 
-/// Top-1 accuracy and which images were right.
+/// Top-1 accuracy (against the labels, or against a reference model's top-1: agreement) and
+/// which images were right.
 struct Evaluation {
   double top1 = 0.0;             ///< percent
-  std::vector<uint8_t> correct;  ///< per image, in dataset order
+  std::vector<uint8_t> correct;  ///< per image, in data order
+  /// Against a reference: SQNR in dB of the outputs (10 log10 sum ref^2 / sum (out - ref)^2).
+  double sqnr_db = 0.0;
 };
 
+/// Evaluates `model` on `data` (quantized: VALIDATION, else eval mode). Without `reference`
+/// the labels decide (data without labels is an error); with it, agreement of top-1 with the
+/// reference model (run in eval mode, float) and the output SQNR. With a process group every
+/// rank calls it with the same model and data; rank r evaluates the r-th contiguous part of the
+/// batches (distributed::shard) and every rank returns the whole result, bit for bit the one
+/// process's (the same batches, their sums added in the same order).
+Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
+                         const data::SourcePtr& data, bool quantized,
+                         const Forward* reference = nullptr, int64_t batch_size = 512,
+                         const std::string& label = "eval",
+                         const std::shared_ptr<distributed::ProcessGroup>& group = nullptr);
+
 /// Evaluates `model` on `dataset`. quantized: in state VALIDATION (fake quantization on,
-/// scales frozen), else in eval mode. Throws on an empty dataset. With a process group every
-/// rank calls it with the same model and dataset; rank r evaluates the r-th contiguous part
-/// of the batches (distributed::shard) and every rank returns the whole result, the same
-/// batches computed as by one process.
+/// scales frozen), else in eval mode. Throws on an empty dataset. With a process group: as
+/// above.
 Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
                          const data::Dataset& dataset, bool quantized, int64_t batch_size = 512,
                          const std::string& label = "eval",

@@ -48,6 +48,21 @@ bool power_of_two_clamped(double scale, PowerOfTwoRounding rounding = PowerOfTwo
 std::pair<at::Tensor, at::Tensor> compute_qparams(const at::Tensor& min_val,
                                                   const at::Tensor& max_val, const QuantSpec& spec);
 
+/// A bias as the deployed integer convolution / matrix product adds it to its int32
+/// accumulator (docs/deploy.md): scale_c = s_x * s_w[c] rounded to float32 (the bias
+/// DequantizeLinear's scale), bias_q = round_half_even(b_c / scale_c) saturated to int32.
+struct QuantizedBias {
+  at::Tensor values;       ///< int32 {C}
+  at::Tensor scale;        ///< float32 {C}
+  int64_t saturated = 0;   ///< how many values were saturated to int32
+  double max_ratio = 0.0;  ///< max |b_c / scale_c| (saturation above 2^31 - 1)
+  /// values * scale as float32: the real bias the deployed model adds.
+  at::Tensor dequantized() const;
+};
+/// bias: floating {C}; input_scale > 0 finite; weight_scale: floating {1} (per tensor) or {C}.
+QuantizedBias quantize_bias(const at::Tensor& bias, double input_scale,
+                            const at::Tensor& weight_scale);
+
 /// Rounds each scale up to 2^ceil(log2(scale)) and clamps it to [2^-14, 2^-1]
 /// (power_of_two_scale); scales must be positive and finite.
 at::Tensor round_scale_to_power_of_two(const at::Tensor& scale);

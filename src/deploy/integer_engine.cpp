@@ -1,0 +1,506 @@
+// The integer reference engine (docs/deploy.md, "Integer engine"). Integer tensors are held as
+// float64 with integer values while they are combined (convolutions and matrix products of
+// integers below 2^16 sum exactly in float64 up to 2^53) and as int64 otherwise; every float32
+// step of the runtime is written out as one float32 operation (`fr` in the docs).
+#include "calq/deploy/integer_engine.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+#include "calq/fake_quantize.h"
+#include "calq/nn.h"
+#include "calq/quant/fake_quant.h"
+#include "calq/quant/qparams.h"
+
+namespace calq {
+namespace deploy {
+namespace {
+
+// A value during the run: quantized (stored integers on a grid) or float.
+struct EngineValue {
+  bool quantized = false;
+  at::Tensor q;  // int64 stored integers
+  float scale = 1.0f;
+  int64_t zero = 0;        // stored zero point
+  int64_t lo = 0, hi = 0;  // stored range
+  at::Tensor real;         // float32, for float values
+  QuantSpec spec;
+};
+
+// The stored grid of an output quantizer under the profile.
+EngineValue grid_of(const FakeQuantizeImpl& fq, const Profile& profile) {
+  EngineValue v;
+  v.quantized = true;
+  at::Tensor s, z;
+  std::tie(s, z) = fq.qparams();
+  TORCH_CHECK(s.numel() == 1, "integer engine: per-channel activations are not supported");
+  v.scale = s.item<float>();
+  v.spec = fq.spec();
+  const bool shifted = v.spec.dtype() != QuantDtype::qint16 && profile.uint8_activations;
+  const int64_t shift = shifted ? 128 : 0;
+  v.zero = z.item<int64_t>() + shift;
+  v.lo = v.spec.quant_min() + shift;
+  v.hi = v.spec.quant_max() + shift;
+  return v;
+}
+
+// QuantizeLinear: clamp(RNE(fr(x / s)) + z).
+at::Tensor quantize(const at::Tensor& x, const EngineValue& grid) {
+  const at::Tensor v = at::div(x.to(at::kFloat), grid.scale).round();  // float32 division, RNE
+  return (v.to(at::kLong) + grid.zero).clamp(grid.lo, grid.hi);
+}
+
+// DequantizeLinear: fr(float(q - z) * s).
+at::Tensor dequantize(const EngineValue& v) {
+  if (!v.quantized) return v.real;
+  return (v.q - v.zero).to(at::kFloat) * v.scale;
+}
+
+// Requantizes exact accumulators (float64 holding integers) of output channel c (axis 1) with
+// multipliers M_c (float32) onto `grid`.
+at::Tensor requantize(const at::Tensor& acc, const std::vector<float>& multiplier,
+                      const EngineValue& grid, Requantization mode) {
+  const int64_t channels = static_cast<int64_t>(multiplier.size());
+  std::vector<int64_t> shape(acc.dim(), 1);
+  shape[1] = channels;
+  if (mode == Requantization::float_multiplier) {
+    const at::Tensor m = at::tensor(multiplier, at::kFloat).reshape(shape);
+    const at::Tensor y = (acc.to(at::kFloat) * m).round();  // fr(float(acc) * M), RNE
+    return (y.to(at::kLong) + grid.zero).clamp(grid.lo, grid.hi);
+  }
+  // Fixed point: M = m * 2^-(31 + n), m in [2^30, 2^31); ties round up.
+  at::Tensor out = at::empty(acc.sizes(), at::kLong);
+  const at::Tensor a = acc.to(at::kLong).contiguous();
+  const int64_t per_channel = a.numel() / a.size(0) / channels;
+  const int64_t* pa = a.data_ptr<int64_t>();
+  int64_t* po = out.data_ptr<int64_t>();
+  for (int64_t c = 0; c < channels; ++c) {
+    int exponent = 0;
+    const double mantissa = std::frexp(static_cast<double>(multiplier[c]), &exponent);
+    // M = mantissa * 2^exponent, mantissa in [0.5, 1): m = round(mantissa * 2^31).
+    int64_t m = static_cast<int64_t>(std::llround(mantissa * 2147483648.0));
+    int shift = 31 - exponent;
+    if (m == (int64_t{1} << 31)) {  // rounding reached 2^31: renormalize
+      m >>= 1;
+      shift -= 1;
+    }
+    TORCH_CHECK(shift > 0 && shift < 62, "integer engine: multiplier ", multiplier[c],
+                " is out of the fixed-point range");
+    for (int64_t n = 0; n < a.size(0); ++n) {
+      for (int64_t k = 0; k < per_channel; ++k) {
+        const int64_t i = (n * channels + c) * per_channel + k;
+        const __int128 product = static_cast<__int128>(pa[i]) * m;
+        const int64_t y =
+            static_cast<int64_t>((product + (static_cast<__int128>(1) << (shift - 1))) >> shift);
+        po[i] = std::min(std::max(y + grid.zero, grid.lo), grid.hi);
+      }
+    }
+  }
+  return out;
+}
+
+class Engine {
+ public:
+  Engine(const Trace& trace, const IntegerEngineOptions& options)
+      : trace_(trace), options_(options), values_(trace.values.size()) {}
+
+  IntegerResult run(const std::vector<at::Tensor>& inputs) {
+    TORCH_CHECK(inputs.size() == trace_.inputs.size(), "integer engine: the model takes ",
+                trace_.inputs.size(), " inputs, got ", inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      EngineValue v;
+      v.real = inputs[i].to(at::kFloat).contiguous();
+      values_[trace_.inputs[i]] = v;
+    }
+    IntegerResult result;
+    for (const TracedCall& call : trace_.calls) {
+      const EngineValue out = run_call(call);
+      values_[call.output] = out;
+      if (options_.keep_integers() && out.quantized) {
+        result.integers[call.path] = IntegerTensor{out.q, at::full({1}, out.scale), out.zero};
+      }
+    }
+    for (int64_t id : trace_.outputs) {
+      const EngineValue& v = values_[id];
+      result.outputs.push_back(dequantize(v));
+      result.output_integers.push_back(v.quantized ? c10::optional<IntegerTensor>(IntegerTensor{
+                                                         v.q, at::full({1}, v.scale), v.zero})
+                                                   : c10::nullopt);
+    }
+    return result;
+  }
+
+ private:
+  const EngineValue& input(const TracedCall& call, size_t i) const {
+    return values_[call.inputs.at(i)];
+  }
+
+  // The module's output quantizer applied to a float value, or the float value itself.
+  EngineValue close_float(const TracedCall& call, const at::Tensor& real) {
+    const FakeQuantize fq = call.module->output_fake_quant();
+    if (fq.is_empty()) {
+      EngineValue v;
+      v.real = real;
+      return v;
+    }
+    EngineValue v = grid_of(*fq, options_.profile());
+    v.q = quantize(real, v);
+    return v;
+  }
+
+  // ReLU / ReLU6 after an op whose output is already on the grid (the export writes
+  // op -> Q -> DQ -> activation -> Q -> DQ): ReLU is max(q, z); ReLU6 clips the dequantized
+  // values at [0, 6] in float and quantizes them again.
+  EngineValue activate(EngineValue v, const char* activation) const {
+    if (activation == nullptr) return v;
+    if (!v.quantized) {
+      v.real = std::string(activation) == "relu" ? at::relu(v.real) : at::clamp(v.real, 0.0, 6.0);
+      return v;
+    }
+    if (std::string(activation) == "relu") {
+      v.q = at::clamp_min(v.q, v.zero);
+      return v;
+    }
+    v.q = quantize(at::clamp(dequantize(v), 0.0, 6.0), v);
+    return v;
+  }
+
+  // Integer weights and bias of a weighted module, per output channel.
+  struct Weights {
+    at::Tensor w;          // float64 integers minus the weight zero point
+    std::vector<float> s;  // weight scale per output channel
+    at::Tensor bias_q;     // float64 integers {C}
+  };
+
+  Weights integer_weights(const TracedCall& call, const at::Tensor& weight, const at::Tensor& bias,
+                          const EngineValue& x) const {
+    const FakeQuantize wfq = call.module->weight_fake_quant();
+    TORCH_CHECK(!wfq.is_empty(), "integer engine: ", call.path,
+                " has a float weight; every weight must be quantized");
+    at::Tensor s, z;
+    std::tie(s, z) = wfq->qparams();
+    const QuantSpec& spec = wfq->spec();
+    at::Tensor simulated;
+    if (wfq->method() == FakeQuantMethod::pact) {
+      simulated = pact_fake_quantize(weight, wfq->named_parameters(false)["alpha"].detach(), spec);
+    } else {
+      simulated = fake_quantize(weight, s, z, spec);
+    }
+    std::vector<int64_t> shape(weight.dim(), 1);
+    shape[0] = -1;
+    const at::Tensor scale =
+        s.to(at::kDouble).reshape(spec.per_channel() ? shape : std::vector<int64_t>{1});
+    Weights out;
+    // simulated = (q - z) s rounded to float once: dividing recovers q - z exactly.
+    out.w = (simulated.to(at::kDouble) / scale).round();
+    const int64_t channels = weight.size(0);
+    const at::Tensor sv = s.to(at::kFloat).reshape({-1});
+    for (int64_t c = 0; c < channels; ++c)
+      out.s.push_back(sv[sv.numel() == 1 ? 0 : c].item<float>());
+    const QuantizedBias qb = quantize_bias(bias, x.scale, s);
+    out.bias_q = qb.values.to(at::kDouble);
+    return out;
+  }
+
+  // M_c = fr(fr(s_x * s_w[c]) / s_y).
+  static std::vector<float> multipliers(float s_x, const std::vector<float>& s_w, float s_y) {
+    std::vector<float> m;
+    for (float w : s_w) {
+      const float product = s_x * w;
+      m.push_back(product / s_y);
+    }
+    return m;
+  }
+
+  EngineValue weighted_output(const TracedCall& call, const at::Tensor& acc, const Weights& w,
+                              const EngineValue& x, const char* activation) {
+    const FakeQuantize fq = call.module->output_fake_quant();
+    if (fq.is_empty()) {
+      // No output quantizer: fr(float(acc) * fr(s_x * s_w)) (QGemm / MatMulIntegerToFloat).
+      std::vector<float> product;
+      for (float s : w.s) product.push_back(x.scale * s);
+      std::vector<int64_t> shape(acc.dim(), 1);
+      shape[1] = -1;
+      EngineValue v;
+      v.real = acc.to(at::kFloat) * at::tensor(product, at::kFloat).reshape(shape);
+      return activate(v, activation);
+    }
+    EngineValue v = grid_of(*fq, options_.profile());
+    v.q = requantize(acc, multipliers(x.scale, w.s, v.scale), v, options_.requantization());
+    return activate(v, activation);
+  }
+
+  EngineValue run_conv(const TracedCall& call, nn::detail::ConvBlockImpl& conv) {
+    const EngineValue& x = input(call, 0);
+    const char* activation = conv.activation() == nn::Activation::relu    ? "relu"
+                             : conv.activation() == nn::Activation::relu6 ? "relu6"
+                                                                          : nullptr;
+    const auto folded = conv.folded_weight_and_bias();
+    const auto& o = conv.conv->options;
+    const auto& padding = c10::get<torch::ExpandingArray<2>>(o.padding());
+    if (!x.quantized) {  // a float input: the runtime runs this convolution in float
+      const at::Tensor weight = conv.weight_fake_quant().is_empty()
+                                    ? folded.first
+                                    : conv.weight_fake_quant()->forward(folded.first);
+      const at::Tensor y = at::conv2d(x.real, weight, folded.second, *o.stride(), *padding,
+                                      *o.dilation(), o.groups());
+      return activate(close_float(call, y), activation);
+    }
+    const Weights w = integer_weights(call, folded.first, folded.second, x);
+    at::Tensor acc = at::conv2d((x.q - x.zero).to(at::kDouble), w.w, {}, *o.stride(), *padding,
+                                *o.dilation(), o.groups());
+    acc = acc + w.bias_q.reshape({1, -1, 1, 1});
+    return weighted_output(call, acc, w, x, activation);
+  }
+
+  EngineValue run_linear(const TracedCall& call, nn::detail::LinearBlockImpl& linear) {
+    const EngineValue& x = input(call, 0);
+    const at::Tensor bias = linear.linear->bias.defined()
+                                ? linear.linear->bias
+                                : at::zeros({linear.linear->weight.size(0)});
+    const char* activation = linear.relu() ? "relu" : nullptr;
+    if (!x.quantized) {
+      const at::Tensor weight = linear.weight_fake_quant().is_empty()
+                                    ? linear.linear->weight
+                                    : linear.weight_fake_quant()->forward(linear.linear->weight);
+      return activate(close_float(call, at::linear(x.real, weight, bias)), activation);
+    }
+    const Weights w = integer_weights(call, linear.linear->weight, bias, x);
+    const at::Tensor acc = at::mm((x.q - x.zero).to(at::kDouble), w.w.t()) + w.bias_q;
+    return weighted_output(call, acc, w, x, activation);
+  }
+
+  // QLinearAdd (ONNX Runtime's AVX2 kernel): rAC = fr(sa / sc), rBC = fr(sb / sc),
+  // FP = fr(zc - fma(rAC, za, fr(rBC * zb))), v = fma(a, rAC, fma(b, rBC, FP)), RNE, saturate.
+  EngineValue run_add(const TracedCall& call, bool relu) {
+    const EngineValue& a = input(call, 0);
+    const EngineValue& b = input(call, 1);
+    const FakeQuantize fq = call.module->output_fake_quant();
+    if (!a.quantized || !b.quantized || fq.is_empty()) {
+      const at::Tensor y = at::add(dequantize(a), dequantize(b));
+      return activate(close_float(call, y), relu ? "relu" : nullptr);
+    }
+    TORCH_CHECK(a.q.sizes() == b.q.sizes(), "integer engine: ", call.path,
+                " adds tensors of shapes ", a.q.sizes(), " and ", b.q.sizes(),
+                "; broadcasting is not supported");
+    EngineValue out = grid_of(*fq, options_.profile());
+    const float r_ac = a.scale / out.scale;
+    const float r_bc = b.scale / out.scale;
+    const float fixed = static_cast<float>(out.zero) - std::fma(r_ac, static_cast<float>(a.zero),
+                                                                r_bc * static_cast<float>(b.zero));
+    const at::Tensor qa = a.q.contiguous();
+    const at::Tensor qb = b.q.contiguous();
+    out.q = at::empty(qa.sizes(), at::kLong);
+    const int64_t* pa = qa.data_ptr<int64_t>();
+    const int64_t* pb = qb.data_ptr<int64_t>();
+    int64_t* po = out.q.data_ptr<int64_t>();
+    for (int64_t i = 0; i < qa.numel(); ++i) {
+      const float v = std::fma(static_cast<float>(pa[i]), r_ac,
+                               std::fma(static_cast<float>(pb[i]), r_bc, fixed));
+      const int64_t r = static_cast<int64_t>(std::nearbyint(v));
+      po[i] = std::min(std::max(r, out.lo), out.hi);
+    }
+    return activate(out, relu ? "relu" : nullptr);
+  }
+
+  // QLinearMul: RNE(fr(fr(float((a - za)(b - zb)) * fr(fr(sa * sb) / sc)) + zc)), saturate.
+  EngineValue run_mul(const TracedCall& call) {
+    const EngineValue& a = input(call, 0);
+    const EngineValue& b = input(call, 1);
+    const FakeQuantize fq = call.module->output_fake_quant();
+    if (!a.quantized || !b.quantized || fq.is_empty()) {
+      return close_float(call, at::mul(dequantize(a), dequantize(b)));
+    }
+    EngineValue out = grid_of(*fq, options_.profile());
+    const float m = (a.scale * b.scale) / out.scale;
+    const at::Tensor product = ((a.q - a.zero) * (b.q - b.zero)).to(at::kFloat);
+    const at::Tensor v = (product * m + static_cast<float>(out.zero)).round();
+    out.q = v.to(at::kLong).clamp(out.lo, out.hi);
+    return out;
+  }
+
+  // QLinearConcat: each input requantized as Q_y(DQ_x(x)) (a copy when the grids are equal).
+  EngineValue run_cat(const TracedCall& call, const nn::CatImpl& cat) {
+    const FakeQuantize fq = call.module->output_fake_quant();
+    bool all_quantized = !fq.is_empty();
+    for (size_t i = 0; i < call.inputs.size(); ++i) all_quantized &= input(call, i).quantized;
+    if (!all_quantized) {
+      std::vector<at::Tensor> parts;
+      for (size_t i = 0; i < call.inputs.size(); ++i) parts.push_back(dequantize(input(call, i)));
+      return close_float(call, at::cat(parts, cat.dim));
+    }
+    EngineValue out = grid_of(*fq, options_.profile());
+    std::vector<at::Tensor> parts;
+    for (size_t i = 0; i < call.inputs.size(); ++i) {
+      const EngineValue& x = input(call, i);
+      parts.push_back(x.scale == out.scale && x.zero == out.zero ? x.q
+                                                                 : quantize(dequantize(x), out));
+    }
+    out.q = at::cat(parts, cat.dim);
+    return out;
+  }
+
+  // QLinearGlobalAveragePool: RNE(fr(float(sum - N zx) * fr(sx / fr(sy N)))) + zy.
+  EngineValue global_average(const EngineValue& x, EngineValue out) {
+    const int64_t n = x.q.size(2) * x.q.size(3);
+    TORCH_CHECK(n < (int64_t{1} << 24), "integer engine: global average over ", n,
+                " values (ONNX Runtime requires fewer than 2^24)");
+    const at::Tensor sum = x.q.sum({2, 3}, /*keepdim=*/true) - n * x.zero;
+    const float m = x.scale / (out.scale * static_cast<float>(n));
+    const at::Tensor v = (sum.to(at::kFloat) * m).round();
+    out.q = (v.to(at::kLong) + out.zero).clamp(out.lo, out.hi);
+    return out;
+  }
+
+  // QLinearAveragePool (a window smaller than the image, or with pads): dequantize, sum in
+  // float in h, w order, divide by the count, nearbyintf(avg / sy + zy), saturate.
+  EngineValue window_average(const EngineValue& x, EngineValue out, std::vector<int64_t> kernel,
+                             std::vector<int64_t> stride, std::vector<int64_t> pad,
+                             bool count_include_pad, bool ceil_mode) {
+    const at::Tensor real = dequantize(x).contiguous();
+    const int64_t N = real.size(0), C = real.size(1), H = real.size(2), W = real.size(3);
+    auto out_size = [&](int64_t in, int64_t k, int64_t s, int64_t p) {
+      const int64_t span = in + 2 * p - k;
+      int64_t o = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+      if (ceil_mode && (o - 1) * s >= in + p) --o;
+      return o;
+    };
+    const int64_t OH = out_size(H, kernel[0], stride[0], pad[0]);
+    const int64_t OW = out_size(W, kernel[1], stride[1], pad[1]);
+    out.q = at::empty({N, C, OH, OW}, at::kLong);
+    const float* pr = real.data_ptr<float>();
+    int64_t* po = out.q.data_ptr<int64_t>();
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          const int64_t h0 = oh * stride[0] - pad[0], w0 = ow * stride[1] - pad[1];
+          const int64_t h1 = std::min(h0 + kernel[0], H + pad[0]);
+          const int64_t w1 = std::min(w0 + kernel[1], W + pad[1]);
+          float sum = 0.0f;
+          int64_t count = 0;
+          for (int64_t h = std::max<int64_t>(h0, 0); h < std::min(h1, H); ++h) {
+            for (int64_t w = std::max<int64_t>(w0, 0); w < std::min(w1, W); ++w) {
+              sum += pr[(nc * H + h) * W + w];
+              ++count;
+            }
+          }
+          if (count_include_pad) count = (h1 - h0) * (w1 - w0);
+          const float avg = sum / static_cast<float>(count);
+          const int64_t r =
+              static_cast<int64_t>(std::nearbyint(avg / out.scale + static_cast<float>(out.zero)));
+          po[(nc * OH + oh) * OW + ow] = std::min(std::max(r, out.lo), out.hi);
+        }
+      }
+    }
+    return out;
+  }
+
+  EngineValue run_pool(const TracedCall& call, std::vector<int64_t> kernel,
+                       std::vector<int64_t> stride, std::vector<int64_t> pad,
+                       bool count_include_pad, bool ceil_mode) {
+    const EngineValue& x = input(call, 0);
+    const FakeQuantize fq = call.module->output_fake_quant();
+    const at::Tensor real_out =
+        at::avg_pool2d(dequantize(x), kernel, stride, pad, ceil_mode, count_include_pad);
+    if (!x.quantized || fq.is_empty()) return close_float(call, real_out);
+    EngineValue out = grid_of(*fq, options_.profile());
+    const bool whole_image =
+        kernel[0] == x.q.size(2) && kernel[1] == x.q.size(3) && pad[0] == 0 && pad[1] == 0;
+    if (whole_image) return global_average(x, out);
+    return window_average(x, out, kernel, stride, pad, count_include_pad, ceil_mode);
+  }
+
+  EngineValue run_call(const TracedCall& call) {
+    nn::QuantModuleImpl* m = call.module;
+    const std::string& type = m->type_name();
+    if (type == "QuantStub") {
+      const EngineValue& x = input(call, 0);
+      return close_float(call, dequantize(x));
+    }
+    if (type == "DeQuantStub" || type == "Identity") return input(call, 0);
+    if (auto* conv = dynamic_cast<nn::detail::ConvBlockImpl*>(m)) return run_conv(call, *conv);
+    if (auto* linear = dynamic_cast<nn::detail::LinearBlockImpl*>(m)) {
+      return run_linear(call, *linear);
+    }
+    if (type == "Add" || type == "AddReLU") return run_add(call, type == "AddReLU");
+    if (type == "Mul") return run_mul(call);
+    if (auto* cat = dynamic_cast<nn::CatImpl*>(m)) return run_cat(call, *cat);
+    if (type == "ReLU" || type == "ReLU6") {
+      const EngineValue& x = input(call, 0);
+      const FakeQuantize fq = call.module->output_fake_quant();
+      if (!x.quantized || fq.is_empty()) {
+        const at::Tensor y =
+            type == "ReLU" ? at::relu(dequantize(x)) : at::clamp(dequantize(x), 0.0, 6.0);
+        return close_float(call, y);
+      }
+      // DQ -> activation -> Q onto the module's own grid.
+      EngineValue out = grid_of(*fq, options_.profile());
+      const at::Tensor y =
+          type == "ReLU" ? at::relu(dequantize(x)) : at::clamp(dequantize(x), 0.0, 6.0);
+      out.q = quantize(y, out);
+      return out;
+    }
+    if (auto* pool = dynamic_cast<nn::MaxPool2dImpl*>(m)) {
+      const EngineValue& x = input(call, 0);
+      const auto& o = pool->pool->options;
+      EngineValue out = x;
+      const at::Tensor source = x.quantized ? x.q.to(at::kDouble) : x.real;
+      const at::Tensor y = at::max_pool2d(source, *o.kernel_size(), *o.stride(), *o.padding(),
+                                          *o.dilation(), o.ceil_mode());
+      if (x.quantized) {
+        out.q = y.to(at::kLong);
+      } else {
+        out.real = y;
+      }
+      return out;
+    }
+    if (auto* pool = dynamic_cast<nn::AvgPool2dImpl*>(m)) {
+      const auto& o = pool->pool->options;
+      return run_pool(call, {(*o.kernel_size())[0], (*o.kernel_size())[1]},
+                      {(*o.stride())[0], (*o.stride())[1]}, {(*o.padding())[0], (*o.padding())[1]},
+                      o.count_include_pad(), o.ceil_mode());
+    }
+    if (dynamic_cast<nn::AdaptiveAvgPool2dImpl*>(m) != nullptr) {
+      const std::vector<int64_t>& in = trace_.values[call.inputs[0]].shape;
+      const std::vector<int64_t>& out = trace_.values[call.output].shape;
+      const std::vector<int64_t> k = {in[2] / out[2], in[3] / out[3]};
+      return run_pool(call, k, k, {0, 0}, true, false);
+    }
+    if (auto* flatten = dynamic_cast<nn::FlattenImpl*>(m)) {
+      EngineValue out = input(call, 0);
+      const int64_t start = flatten->flatten->options.start_dim();
+      if (out.quantized) {
+        out.q = out.q.flatten(start);
+      } else {
+        out.real = out.real.flatten(start);
+      }
+      return out;
+    }
+    TORCH_CHECK(false, "integer engine: ", type, " '", call.path, "' is not supported");
+  }
+
+  const Trace& trace_;
+  const IntegerEngineOptions& options_;
+  std::vector<EngineValue> values_;
+};
+
+}  // namespace
+
+Requantization requantization_from_string(const std::string& name) {
+  if (name == "float") return Requantization::float_multiplier;
+  if (name == "fixed") return Requantization::fixed_point;
+  TORCH_CHECK(false, "unknown requantization '", name, "'; valid: float, fixed");
+}
+
+IntegerResult run_integer(torch::nn::Module& model, const Trace& trace,
+                          const std::vector<at::Tensor>& inputs,
+                          const IntegerEngineOptions& options) {
+  at::NoGradGuard no_grad;
+  (void)model;
+  return Engine(trace, options).run(inputs);
+}
+
+}  // namespace deploy
+}  // namespace calq

@@ -1,0 +1,146 @@
+// The integer engine against ONNX Runtime's integer kernels, bit for bit on every quantized
+// tensor (per-layer sub-models keep the runtime's fusion), and against calq's simulation.
+
+#include "calq/deploy/integer_engine.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "calq/deploy/onnxruntime.h"
+#include "calq/deploy/qdq_export.h"
+#include "calq/nn.h"
+#include "calq/workflow.h"
+#include "calq/zoo/models.h"
+
+namespace {
+
+std::string temp_path(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / "calq_engine_test";
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+calq::zoo::Classifier calibrated(const std::string& name, calq::March march, bool float_output) {
+  torch::manual_seed(5);
+  calq::zoo::Classifier model = calq::zoo::make_model(name);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& buffer : model->named_buffers()) {
+      if (buffer.key().find("running_mean") != std::string::npos)
+        buffer.value().uniform_(-0.2, 0.2);
+      if (buffer.key().find("running_var") != std::string::npos) buffer.value().uniform_(0.5, 2.0);
+    }
+    for (auto& p : model->named_parameters()) {
+      if (p.key().find("bias") != std::string::npos) p.value().uniform_(-0.3, 0.3);
+    }
+  }
+  calq::fuse(*model);
+  const calq::QConfig qconfig = calq::get_default_qconfig(
+      std::string("fake_quant"), std::string("fake_quant"), "percentile", "min_max");
+  calq::QConfigOverrides overrides;
+  if (float_output) {
+    calq::QConfig last = qconfig;
+    last.activation = c10::nullopt;
+    overrides.by_name[model->output_layer()] = last;
+  }
+  calq::prepare_qat(*model, qconfig, overrides, march);
+  std::vector<at::Tensor> batches;
+  for (int i = 0; i < 4; ++i) batches.push_back(torch::randn({16, 1, 28, 28}));
+  calq::calibrate(model, batches);
+  calq::set_fake_quantize(*model, calq::FakeQuantState::VALIDATION);
+  return model;
+}
+
+calq::Trace trace_of(calq::zoo::Classifier& model) {
+  return calq::trace(
+      *model, [&model](const at::Tensor& x) { return model->forward(x); },
+      torch::randn({2, 1, 28, 28}));
+}
+
+TEST(IntegerEngine, QLinearAddRoundsLikeOnnxRuntime) {
+  // ONNX Runtime issue #25512: a sum whose exact value is -112.50000794 rounds to -112 in the
+  // runtime's fused formula (the zero points are folded into one float constant first). A
+  // dequantize-add-quantize reference would give -113.
+  const float sa = 0.0784313753f, sb = 0.0784313753f, sc = 0.156862751f;
+  const int64_t za = 128, zb = 128, zc = 128;
+  const float r_ac = sa / sc, r_bc = sb / sc;
+  const float fixed = static_cast<float>(zc) - std::fma(r_ac, 128.0f, r_bc * 128.0f);
+  // a + b - 256 = -225 -> -112.5 steps of the output before the zero point.
+  const float v =
+      std::fma(static_cast<float>(15), r_ac, std::fma(static_cast<float>(16), r_bc, fixed));
+  EXPECT_EQ(std::nearbyint(v), 16.0f);  // 128 - 112 (ties to even), never 15
+  (void)za;
+  (void)zb;
+}
+
+TEST(IntegerEngine, BitForBitWithOnnxRuntimeOnEveryQuantizedTensor) {
+  std::string why;
+  if (!calq::deploy::onnxruntime_available(&why)) GTEST_SKIP() << why;
+  torch::manual_seed(6);
+  const at::Tensor x = torch::randn({8, 1, 28, 28});
+  for (calq::March march : {calq::March::bayes, calq::March::bernoulli}) {
+    for (const std::string& name : calq::zoo::model_names()) {
+      SCOPED_TRACE(name + " " + calq::to_string(march));
+      calq::zoo::Classifier model = calibrated(name, march, /*float_output=*/false);
+      const calq::Trace t = trace_of(model);
+      const auto engine = calq::deploy::run_integer(
+          *model, t, {x}, calq::deploy::IntegerEngineOptions().keep_integers(true));
+      int64_t compared = 0, differing = 0;
+      for (const calq::TracedCall& call : t.calls) {
+        if (call.module->output_fake_quant().is_empty()) continue;
+        const auto& mine = engine.integers.at(call.path);
+        const std::string path = temp_path(name + "_" + call.path + ".onnx");
+        calq::deploy::export_qdq(*model, t, path,
+                                 calq::deploy::ExportOptions().outputs({call.output}));
+        const at::Tensor deployed = calq::deploy::run_onnxruntime(path, {x}).outputs.at(0);
+        const at::Tensor levels =
+            (deployed.to(at::kDouble) / mine.scale.item<double>()).round().to(at::kLong) +
+            mine.zero_point;
+        ASSERT_EQ(levels.sizes(), mine.values.sizes()) << call.path;
+        const int64_t diff = levels.ne(mine.values).sum().item<int64_t>();
+        EXPECT_EQ(diff, 0) << call.path << ": " << diff << " of " << levels.numel()
+                           << " integers differ, max |diff| "
+                           << (levels - mine.values).abs().max().item<int64_t>();
+        compared += levels.numel();
+        differing += diff;
+      }
+      std::cerr << name << " " << calq::to_string(march) << ": " << compared
+                << " integers compared with ONNX Runtime, " << differing << " differ\n";
+    }
+  }
+}
+
+TEST(IntegerEngine, AgreesWithTheSimulation) {
+  torch::manual_seed(7);
+  const at::Tensor x = torch::randn({64, 1, 28, 28});
+  for (const std::string& name : calq::zoo::model_names()) {
+    SCOPED_TRACE(name);
+    calq::zoo::Classifier model = calibrated(name, calq::March::bayes, /*float_output=*/false);
+    const calq::Trace t = trace_of(model);
+    calq::link_input_quantizers(t);
+    at::Tensor simulated;
+    {
+      torch::NoGradGuard no_grad;
+      simulated = model->forward(x);
+    }
+    const auto engine = calq::deploy::run_integer(*model, t, {x});
+    const double step = model->named_modules()[model->output_layer()]
+                            ->as<calq::nn::QuantModuleImpl>()
+                            ->output_fake_quant()
+                            ->scale()
+                            .item<double>();
+    const at::Tensor lsb = ((engine.outputs[0] - simulated).abs() / step).round();
+    const double within_one = lsb.le(1).to(at::kDouble).mean().item<double>();
+    const double agree =
+        engine.outputs[0].argmax(1).eq(simulated.argmax(1)).to(at::kDouble).mean().item<double>();
+    std::cerr << name << ": engine vs simulation: " << 100 * within_one
+              << " % of outputs within 1 LSB (max " << lsb.max().item<double>()
+              << "), argmax agreement " << agree << "\n";
+    EXPECT_GE(within_one, 0.99);
+    EXPECT_GE(agree, 0.98);
+  }
+}
+
+}  // namespace

@@ -1,0 +1,135 @@
+// QDQ export of the zoo: a valid ONNX model (libonnx's checker), run by ONNX Runtime on its
+// integer kernels, computing what calq simulated.
+
+#include "calq/deploy/qdq_export.h"
+
+#include <gtest/gtest.h>
+#include <onnx/checker.h>
+#include <onnx/onnx_pb.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "calq/deploy/onnxruntime.h"
+#include "calq/nn.h"
+#include "calq/workflow.h"
+#include "calq/zoo/models.h"
+
+namespace {
+
+std::string temp_path(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / "calq_deploy_test";
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+// A zoo model with random weights, non-trivial batch-norm statistics, calibrated (percentile
+// activations, min_max weights) on random data and left in VALIDATION.
+calq::zoo::Classifier calibrated(const std::string& name, const calq::QConfig& qconfig,
+                                 bool float_output, calq::March march = calq::March::bayes) {
+  torch::manual_seed(3);
+  calq::zoo::Classifier model = calq::zoo::make_model(name);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& buffer : model->named_buffers()) {
+      if (buffer.key().find("running_mean") != std::string::npos)
+        buffer.value().uniform_(-0.2, 0.2);
+      if (buffer.key().find("running_var") != std::string::npos) buffer.value().uniform_(0.5, 2.0);
+    }
+  }
+  calq::fuse(*model);
+  calq::QConfigOverrides overrides;
+  if (float_output) {
+    calq::QConfig last = qconfig;
+    last.activation = c10::nullopt;
+    overrides.by_name[model->output_layer()] = last;
+  }
+  calq::prepare_qat(*model, qconfig, overrides, march);
+  std::vector<at::Tensor> batches;
+  for (int i = 0; i < 4; ++i) batches.push_back(torch::randn({16, 1, 28, 28}));
+  calq::calibrate(model, batches);
+  calq::set_fake_quantize(*model, calq::FakeQuantState::VALIDATION);
+  return model;
+}
+
+onnx::ModelProto read_model(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  onnx::ModelProto model;
+  EXPECT_TRUE(model.ParseFromIstream(&in)) << path;
+  return model;
+}
+
+calq::Trace trace_of(calq::zoo::Classifier& model) {
+  return calq::trace(
+      *model, [&model](const at::Tensor& x) { return model->forward(x); },
+      torch::randn({2, 1, 28, 28}));
+}
+
+TEST(QdqExport, ZooModelsAreValidOnnxWithIntegerWeights) {
+  for (const std::string& name : calq::zoo::model_names()) {
+    SCOPED_TRACE(name);
+    calq::zoo::Classifier model = calibrated(name, calq::get_default_qconfig(), true);
+    const std::string path = temp_path(name + ".onnx");
+    const calq::deploy::ExportReport report =
+        calq::deploy::export_qdq(*model, trace_of(model), path);
+    EXPECT_GT(report.integer_weight_layers, 0) << report.str();
+    EXPECT_EQ(report.float_outputs, std::vector<std::string>{model->output_layer()});
+    const onnx::ModelProto proto = read_model(path);
+    EXPECT_NO_THROW(onnx::checker::check_model(proto));
+    int64_t int8_weights = 0, int32_biases = 0;
+    for (const auto& init : proto.graph().initializer()) {
+      if (init.name().find("weight_quantized") != std::string::npos) {
+        EXPECT_EQ(init.data_type(), onnx::TensorProto::INT8) << init.name();
+        ++int8_weights;
+      }
+      if (init.name().find("bias_quantized") != std::string::npos) {
+        EXPECT_EQ(init.data_type(), onnx::TensorProto::INT32) << init.name();
+        ++int32_biases;
+      }
+    }
+    EXPECT_EQ(int8_weights, report.integer_weight_layers);
+    EXPECT_EQ(int32_biases, report.integer_weight_layers);
+  }
+}
+
+TEST(QdqExport, OnnxRuntimeComputesWhatCalqSimulated) {
+  std::string why;
+  if (!calq::deploy::onnxruntime_available(&why)) GTEST_SKIP() << why;
+  torch::manual_seed(4);
+  const at::Tensor x = torch::randn({64, 1, 28, 28});
+  for (const std::string& name : calq::zoo::model_names()) {
+    SCOPED_TRACE(name);
+    calq::zoo::Classifier model = calibrated(name, calq::get_default_qconfig(), true);
+    const std::string path = temp_path(name + "_ort.onnx");
+    calq::deploy::export_qdq(*model, trace_of(model), path);
+    at::Tensor simulated;
+    {
+      torch::NoGradGuard no_grad;
+      simulated = model->forward(x);
+    }
+    calq::deploy::OrtOptions options;
+    options.optimized_model_path = temp_path(name + "_ort_optimized.onnx");
+    const auto result = calq::deploy::run_onnxruntime(path, {x}, options);
+    ASSERT_EQ(result.outputs.size(), 1u);
+    const at::Tensor deployed = result.outputs[0];
+    ASSERT_EQ(deployed.sizes(), simulated.sizes());
+    const double agree =
+        deployed.argmax(1).eq(simulated.argmax(1)).to(at::kDouble).mean().item<double>();
+    const double rel = ((deployed - simulated).abs().max() / simulated.abs().max()).item<double>();
+    std::cerr << name << ": argmax agreement " << agree << ", max rel diff " << rel << " ("
+              << result.cpu << ", onnxruntime " << result.version << ")\n";
+    EXPECT_GE(agree, 0.98);
+    // ONNX Runtime's optimized graph: every convolution and the linear layers on integers.
+    const onnx::ModelProto optimized = read_model(options.optimized_model_path);
+    std::map<std::string, int> ops;
+    for (const auto& node : optimized.graph().node()) ops[node.op_type()]++;
+    std::string listing;
+    for (const auto& op : ops) listing += op.first + ":" + std::to_string(op.second) + " ";
+    EXPECT_EQ(ops.count("Conv"), 0u) << listing;
+    EXPECT_EQ(ops.count("Gemm"), 0u) << listing;
+    EXPECT_GT(ops["QLinearConv"], 0) << listing;
+  }
+}
+
+}  // namespace

@@ -1,0 +1,133 @@
+#include "deploy_step.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <iostream>
+
+#include "calq/deploy/integer_engine.h"
+#include "calq/deploy/onnxruntime.h"
+#include "calq/deploy/qdq_export.h"
+#include "calq/nn/quant_module.h"
+#include "calq/trace.h"
+#include "calq/workflow.h"
+
+namespace calq {
+namespace cli {
+namespace {
+
+// Examples the deployment check runs: the whole Fashion-MNIST test set; user data is capped
+// so that the check stays minutes, not hours.
+constexpr int64_t kMaxExamples = 10000;
+
+// The step of the model's output per output channel: its quantizer's scale, or for a float
+// output layer the accumulator step s_x * s_w[c] of the deployed integer kernel.
+at::Tensor output_steps(const Model& model, const Trace& t) {
+  const TracedCall* call = t.producer(t.outputs.at(0));
+  while (call != nullptr) {
+    auto* m = call->module;
+    if (!m->output_fake_quant().is_empty()) return m->output_fake_quant()->scale().reshape({1, -1});
+    if (m->has_weight() && !m->weight_fake_quant().is_empty() && !m->input_quantizer().is_empty()) {
+      return (m->weight_fake_quant()->scale() * m->input_quantizer()->scale()).reshape({1, -1});
+    }
+    if (call->inputs.size() != 1) break;
+    call = t.producer(call->inputs[0]);
+  }
+  return at::ones({1, 1});
+}
+
+double top1(const at::Tensor& logits, const at::Tensor& target) {
+  return 100.0 * logits.argmax(1).eq(target).to(at::kDouble).mean().item<double>();
+}
+
+}  // namespace
+
+nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const Model& float_model,
+                                const std::string& onnx_path, nlohmann::json* runtime) {
+  const RunConfig& c = ws.config;
+  data::SourcePtr set = ws.test ? ws.test : ws.validation;
+  const int64_t n = std::min(set->size(), kMaxExamples);
+  std::vector<int64_t> first(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) first[i] = i;
+  const data::Batch all = set->gather(first);
+
+  Trace t;
+  deploy::ExportReport exported;
+  try {
+    t = trace_model(model);
+    link_input_quantizers(t);
+    exported = deploy::export_qdq(*model.module, t, onnx_path);
+  } catch (const c10::Error& error) {
+    // Imported graphs carry computations between modules that a trace cannot see; their export
+    // walks the graph instead.
+    return {{"export_error", error.what_without_backtrace()}};
+  }
+
+  // Simulation and reference (labels or the float model's top-1), batch by batch.
+  set_fake_quantize(*model.module, FakeQuantState::VALIDATION);
+  float_model.module->eval();
+  std::vector<at::Tensor> sim_parts, ref_parts;
+  {
+    torch::NoGradGuard no_grad;
+    for (int64_t start = 0; start < n; start += c.batch_size) {
+      const at::Tensor x = all.images.narrow(0, start, std::min(c.batch_size, n - start));
+      sim_parts.push_back(model.forward(x));
+      if (!all.labels.defined()) ref_parts.push_back(float_model.forward(x).argmax(1));
+    }
+  }
+  const at::Tensor simulated = at::cat(sim_parts);
+  const at::Tensor target = all.labels.defined() ? all.labels : at::cat(ref_parts);
+
+  nlohmann::json entry = {{"sim_top1", top1(simulated, target)},
+                          {"examples", n},
+                          {"export",
+                           {{"nodes", exported.nodes},
+                            {"integer_weight_layers", exported.integer_weight_layers},
+                            {"float_outputs", exported.float_outputs},
+                            {"float_kernels", exported.float_kernels},
+                            {"bias_saturations", exported.bias_saturations},
+                            {"clamped_scales", exported.clamped_scales}}}};
+
+  // The integer engine.
+  std::vector<at::Tensor> engine_parts;
+  for (int64_t start = 0; start < n; start += c.batch_size) {
+    const at::Tensor x = all.images.narrow(0, start, std::min(c.batch_size, n - start));
+    engine_parts.push_back(deploy::run_integer(*model.module, t, {x}).outputs.at(0));
+  }
+  const at::Tensor engine = at::cat(engine_parts);
+  entry["int_top1"] = top1(engine, target);
+  entry["int_argmax_agree"] =
+      engine.argmax(1).eq(simulated.argmax(1)).to(at::kDouble).mean().item<double>();
+
+  // ONNX Runtime.
+  std::string why;
+  if (!deploy::onnxruntime_available(&why)) {
+    entry["ort_top1"] = nullptr;
+    entry["argmax_agree"] = nullptr;
+    entry["within_1_lsb"] = nullptr;
+    entry["max_lsb_diff"] = nullptr;
+    entry["ort_error"] = why;
+    std::cerr << "calq: deployment check without ONNX Runtime: " << why << "\n";
+    return entry;
+  }
+  deploy::OrtOptions options;
+  options.threads = std::max<int64_t>(1, at::get_num_threads());
+  options.batch = c.batch_size;
+  const deploy::OrtResult ort = deploy::run_onnxruntime(onnx_path, {all.images}, options);
+  const at::Tensor deployed = ort.outputs.at(0);
+  const at::Tensor lsb = ((deployed - simulated).abs() / output_steps(model, t)).to(at::kDouble);
+  entry["ort_top1"] = top1(deployed, target);
+  entry["argmax_agree"] =
+      deployed.argmax(1).eq(simulated.argmax(1)).to(at::kDouble).mean().item<double>();
+  entry["within_1_lsb"] = lsb.le(1.0 + 1e-6).to(at::kDouble).mean().item<double>();
+  entry["max_lsb_diff"] = lsb.max().item<double>();
+  entry["ort_vs_int_max_abs"] = (deployed - engine).abs().max().item<double>();
+  if (runtime != nullptr) {
+    *runtime = {
+        {"onnxruntime", ort.version}, {"cpu", ort.cpu}, {"set", ws.test ? "test" : "validation"}};
+  }
+  return entry;
+}
+
+}  // namespace cli
+}  // namespace calq
