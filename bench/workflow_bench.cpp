@@ -5,6 +5,9 @@
 //                         [--warmup N] [--threads N]... [--no-pytorch] [--profile]
 //
 // Model: calq::zoo::make_model("resnet"), batch 64 of synthetic 1x28x28 images, 10 classes.
+// imported/ rows: the same network's PyTorch twin (bench/pytorch_zoo.py) exported to ONNX
+// (bench/export_zoo_onnx.py) and imported by calq::onnx::import, each against the zoo row of the
+// same name (goal: within 1.05x), QAT also against the imported float step (goal: 1.3x).
 // Cases, each timed with 1 thread and with every hardware thread:
 //   train_step/float              float model, training mode: forward, cross-entropy, backward,
 //                                 Adam step (the baseline of the train_step rows);
@@ -38,6 +41,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -49,7 +53,9 @@
 #include <vector>
 
 #include "calq/fake_quantize.h"
+#include "calq/graph/graph.h"
 #include "calq/nn.h"
+#include "calq/onnx/import.h"
 #include "calq/qconfig.h"
 #include "calq/quant/fake_quant.h"
 #include "calq/workflow.h"
@@ -67,6 +73,13 @@ constexpr uint64_t kSeed = 0;
 constexpr double kLearningRate = 1e-6;
 constexpr double kGoalQatOverFloat = 1.3;
 constexpr double kGoalCalibrationOverFloat = 1.3;
+constexpr double kGoalImportedOverZoo = 1.05;
+
+std::string fmt_ratio(double r) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), " %.2fx", r);
+  return buffer;
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -146,19 +159,30 @@ calq::zoo::Classifier calibration_model(const std::string& observer) {
 }
 
 // A model with its optimizer: one call of step() is one training step.
+// A module and its forward: the zoo ResNet or the imported graph of its PyTorch twin.
+struct Net {
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<at::Tensor(const at::Tensor&)> forward;
+};
+
+Net net_of(calq::zoo::Classifier m) {
+  return {m, [m](const at::Tensor& x) mutable { return m->forward(x); }};
+}
+
 struct Trainer {
-  explicit Trainer(calq::zoo::Classifier m) : model(std::move(m)) {
-    model->train();
+  explicit Trainer(calq::zoo::Classifier m) : Trainer(net_of(std::move(m))) {}
+  explicit Trainer(Net n) : net(std::move(n)) {
+    net.module->train();
     {
       // The first forward initializes lazily sized state (lsq scales); the optimizer is built
       // afterwards so that it sees every parameter in its final shape.
       torch::NoGradGuard no_grad;
-      model->forward(batch().images);
+      net.forward(batch().images);
     }
-    optimizer = std::make_unique<torch::optim::Adam>(model->parameters(),
+    optimizer = std::make_unique<torch::optim::Adam>(net.module->parameters(),
                                                      torch::optim::AdamOptions(kLearningRate));
   }
-  at::Tensor forward() { return model->forward(batch().images); }
+  at::Tensor forward() { return net.forward(batch().images); }
   at::Tensor loss(const at::Tensor& logits) {
     return torch::nn::functional::cross_entropy(logits, batch().labels);
   }
@@ -168,9 +192,52 @@ struct Trainer {
     l.backward();
     optimizer->step();
   }
-  calq::zoo::Classifier model;
+  Net net;
   std::unique_ptr<torch::optim::Adam> optimizer;
 };
+
+// ---- The imported twin (issue goal: within 1.05x of the zoo model, step for step) ----
+
+// The zoo ResNet's PyTorch twin exported by bench/export_zoo_onnx.py (training mode, so its
+// BatchNormalization nodes become Conv-BN blocks as in the zoo model), or "" when python3 /
+// PyTorch is unavailable.
+std::string imported_resnet_path() {
+  static const std::string path = [] {
+    const std::string file = (std::filesystem::temp_directory_path() /
+                              ("calq_bench_resnet_" + std::to_string(::getpid()) + ".onnx"))
+                                 .string();
+    const nlohmann::json r =
+        calq_bench::run_python_reference("workflow_bench", "export_zoo_onnx.py", {"resnet", file});
+    return r.is_object() ? r.value("path", std::string()) : std::string();
+  }();
+  return path;
+}
+
+// The imported graph, prepared as the CLI prepares an imported model: fused at import, the
+// logits float (the Gemm's activation), weights quantized.
+Net imported_model(const c10::optional<calq::QConfig>& qconfig, calq::FakeQuantState state) {
+  torch::manual_seed(kSeed);
+  calq::onnx::ImportedModel imported = calq::onnx::import(imported_resnet_path());
+  calq::graph::Graph graph = imported.graph;
+  // Conv-BN blocks fold batch norm as the zoo's do (calq::fuse), float and prepared alike.
+  TORCH_CHECK(calq::fuse(*graph) > 0, "workflow bench: fuse found no Conv-BN block in the import");
+  if (qconfig) {
+    calq::QConfigOverrides overrides;
+    std::string last_linear;
+    for (const auto& item : graph->named_modules()) {
+      if (dynamic_cast<calq::nn::detail::LinearBlockImpl*>(item.value().get())) {
+        last_linear = item.key();
+      }
+    }
+    TORCH_CHECK(!last_linear.empty(), "workflow bench: the imported resnet has no Linear");
+    calq::QConfig last = *qconfig;
+    last.activation = c10::nullopt;
+    overrides.by_name[last_linear] = last;
+    calq::prepare_qat(*graph, *qconfig, overrides);
+    calq::set_fake_quantize(*graph, state);
+  }
+  return {graph.ptr(), [graph](const at::Tensor& x) mutable { return graph->forward(x); }};
+}
 
 using Op = std::function<void()>;
 
@@ -190,6 +257,24 @@ std::vector<CalqCase> calq_cases() {
   for (const std::string method : {"fake_quant", "lsq", "pact"}) {
     train_case(method, qat_model(method));
   }
+  const bool with_imported = !imported_resnet_path().empty();
+  if (with_imported) {
+    auto imported_train_case = [&](const std::string& name, Net net) {
+      auto trainer = std::make_shared<Trainer>(std::move(net));
+      cases.push_back(
+          {"imported/train_step/" + name, "train_step/" + name, [trainer] { trainer->step(); }});
+    };
+    imported_train_case("float", imported_model(c10::nullopt, calq::FakeQuantState::QAT));
+    for (const std::string method : {"fake_quant", "lsq", "pact"}) {
+      imported_train_case(
+          method,
+          imported_model(calq::get_default_qconfig(method, method == "lsq" ? "lsq" : "fake_quant"),
+                         calq::FakeQuantState::QAT));
+    }
+  } else {
+    std::cerr << "workflow bench: no imported model (python3 with PyTorch missing); the "
+                 "imported/ rows are skipped\n";
+  }
   auto inference_case = [&](const std::string& name, calq::zoo::Classifier model) {
     cases.push_back({name, "inference/float", [model] {
                        torch::NoGradGuard no_grad;
@@ -201,6 +286,18 @@ std::vector<CalqCase> calq_cases() {
   inference_case("inference/float", float_eval);
   for (const std::string observer : {"min_max", "percentile"}) {
     inference_case("calibration/" + observer, calibration_model(observer));
+  }
+  if (with_imported) {
+    for (const std::string observer : {"min_max", "percentile"}) {
+      Net net =
+          imported_model(calq::get_default_qconfig(std::string("fake_quant"),
+                                                   std::string("fake_quant"), observer, "min_max"),
+                         calq::FakeQuantState::CALIBRATION);
+      cases.push_back({"imported/calibration/" + observer, "calibration/" + observer, [net] {
+                         torch::NoGradGuard no_grad;
+                         net.forward(batch().images);
+                       }});
+    }
   }
   return cases;
 }
@@ -625,7 +722,7 @@ int run(const Options& options) {
   out["cases"] = nlohmann::json::array();
   std::printf("\nResNet (zoo), batch %ld x 1x28x28, median ms per call\n",
               static_cast<long>(kBatch));
-  std::printf("%-24s %7s %9s %13s %10s %10s %12s  %s\n", "case", "threads", "calq_ms",
+  std::printf("%-32s %7s %9s %13s %10s %10s %12s  %s\n", "case", "threads", "calq_ms",
               "calq_float_ms", "calq/float", "pytorch_ms", "pytorch/calq", "goal");
   for (int threads : thread_counts) {
     for (const auto& c : cases) {
@@ -638,7 +735,16 @@ int run(const Options& options) {
       }
       std::string goal;
       const bool qat = c.name.rfind("train_step/", 0) == 0 && c.name != "train_step/float";
-      if (qat) {
+      if (c.name.rfind("imported/", 0) == 0) {
+        // Against the same step of the zoo model; QAT also against the imported float step.
+        goal = std::string(ms / float_ms <= kGoalImportedOverZoo ? "met" : "MISSED") +
+               " (<= 1.05x zoo)";
+        if (c.name.rfind("imported/train_step/", 0) == 0 && c.name != "imported/train_step/float") {
+          const double imported_float = calq_ms[threads]["imported/train_step/float"];
+          goal += ", " + std::string(ms / imported_float <= kGoalQatOverFloat ? "met" : "MISSED") +
+                  fmt_ratio(ms / imported_float) + " of imported float (<= 1.3x)";
+        }
+      } else if (qat) {
         goal = std::string(ms / float_ms <= kGoalQatOverFloat ? "met" : "MISSED") +
                " (<= 1.3x float), ";
         goal += torch_ms.is_number() ? std::string(torch_ms.get<double>() > ms ? "met" : "MISSED") +
@@ -655,7 +761,7 @@ int run(const Options& options) {
       } else {
         std::snprintf(torch_cols, sizeof(torch_cols), "%10s %12s", "-", "-");
       }
-      std::printf("%-24s %7d %9.2f %13.2f %9.2fx %s  %s\n", c.name.c_str(), threads, ms, float_ms,
+      std::printf("%-32s %7d %9.2f %13.2f %9.2fx %s  %s\n", c.name.c_str(), threads, ms, float_ms,
                   ms / float_ms, torch_cols, goal.c_str());
       out["cases"].push_back({{"name", c.name},
                               {"threads", threads},

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -23,7 +24,9 @@ constexpr DtypeName kDtypes[] = {{at::kFloat, "<f4"}, {at::kDouble, "<f8"}, {at:
 
 }  // namespace
 
-void write_npy(const std::string& path, const at::Tensor& tensor) {
+namespace {
+// The bytes of a version 1.0 .npy file holding `tensor`; `path` names the file in errors.
+std::string npy_bytes(const at::Tensor& tensor, const std::string& path) {
   const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
   const char* descr = nullptr;
   for (const auto& d : kDtypes) {
@@ -45,7 +48,93 @@ void write_npy(const std::string& path, const at::Tensor& tensor) {
   bytes += static_cast<char>((header.size() >> 8) & 0xff);
   bytes += header;
   bytes.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-  write_file_atomic(path, bytes);
+  return bytes;
+}
+}  // namespace
+
+void write_npy(const std::string& path, const at::Tensor& tensor) {
+  write_file_atomic(path, npy_bytes(tensor, path));
+}
+
+namespace {
+
+uint32_t crc32(const std::string& bytes) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t c = 0xFFFFFFFFu;
+  for (unsigned char b : bytes) c = table[(c ^ b) & 0xff] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+void put16(std::string& out, uint32_t v) {
+  out += static_cast<char>(v & 0xff);
+  out += static_cast<char>((v >> 8) & 0xff);
+}
+void put32(std::string& out, uint32_t v) {
+  put16(out, v & 0xffff);
+  put16(out, v >> 16);
+}
+
+}  // namespace
+
+void write_npz(const std::string& path,
+               const std::vector<std::pair<std::string, at::Tensor>>& arrays) {
+  TORCH_CHECK(!arrays.empty(), "write_npz('", path, "'): no arrays to write");
+  // A zip archive of stored (uncompressed) NAME.npy members, as numpy.savez writes; the
+  // classic zip format caps members and the archive at 4 GiB, which outputs of one batch fit.
+  std::string archive, directory;
+  for (const auto& [name, tensor] : arrays) {
+    TORCH_CHECK(!name.empty() && name.find('/') == std::string::npos, "write_npz('", path,
+                "'): array name '", name, "' must be non-empty without '/'");
+    const std::string member = name + ".npy";
+    const std::string data = npy_bytes(tensor, path);
+    TORCH_CHECK(data.size() < 0xFFFFFFFFull && archive.size() < 0xFFFFFFFFull - data.size(),
+                "write_npz('", path, "'): more than 4 GiB; write .npy files instead");
+    const uint32_t crc = crc32(data);
+    const uint32_t offset = static_cast<uint32_t>(archive.size());
+    auto common = [&](std::string& out) {
+      put16(out, 20);    // version needed: 2.0
+      put16(out, 0);     // flags
+      put16(out, 0);     // method: stored
+      put16(out, 0);     // time
+      put16(out, 0x21);  // date: 1980-01-01
+      put32(out, crc);
+      put32(out, static_cast<uint32_t>(data.size()));
+      put32(out, static_cast<uint32_t>(data.size()));
+      put16(out, static_cast<uint32_t>(member.size()));
+      put16(out, 0);  // extra length
+    };
+    put32(archive, 0x04034b50u);
+    common(archive);
+    archive += member + data;
+    put32(directory, 0x02014b50u);
+    put16(directory, 20);  // made by
+    common(directory);
+    put16(directory, 0);  // comment length
+    put16(directory, 0);  // disk
+    put16(directory, 0);  // internal attributes
+    put32(directory, 0);  // external attributes
+    put32(directory, offset);
+    directory += member;
+  }
+  const uint32_t directory_offset = static_cast<uint32_t>(archive.size());
+  archive += directory;
+  put32(archive, 0x06054b50u);
+  put16(archive, 0);
+  put16(archive, 0);
+  put16(archive, static_cast<uint32_t>(arrays.size()));
+  put16(archive, static_cast<uint32_t>(arrays.size()));
+  put32(archive, static_cast<uint32_t>(directory.size()));
+  put32(archive, directory_offset);
+  put16(archive, 0);
+  write_file_atomic(path, archive);
 }
 
 at::Tensor read_npy(const std::string& path) {

@@ -9,7 +9,11 @@
 #include <fstream>
 #include <string>
 
+#include <torch/torch.h>
+
+#include "calq/data/arrays.h"
 #include "calq/data/fashion_mnist.h"
+#include "calq/util/npy.h"
 
 namespace {
 
@@ -153,3 +157,86 @@ TEST(Cli, ClearErrors) {
 }
 
 }  // namespace
+
+// ---- A model no one here wrote, with the user's own (unlabelled) data ----
+
+const std::string kModels = std::string(CALQ_TEST_MODELS) + "/";
+
+// Random inputs for the 1x8x8 workflow model, as a user's .npz without labels.
+std::string write_unlabelled_npz(const std::string& dir, int64_t n, std::vector<int64_t> shape) {
+  std::filesystem::create_directories(dir);
+  shape.insert(shape.begin(), n);
+  torch::manual_seed(0);
+  const std::string path = dir + "/x.npz";
+  calq::util::write_npz(path, {{"x", torch::randn(shape)}});
+  return path;
+}
+
+TEST(Cli, RunsAnImportedModelOnUnlabelledDataByDistillation) {
+  const std::string out = temp_dir("onnx_run");
+  const std::string data = write_unlabelled_npz(out + "_data", 640, {1, 8, 8});
+  Result r = run_cli("run --model " + kModels + "workflow_op13.onnx --data " + data +
+                     " --val-size 128 --observers min_max,percentile --methods fake_quant,lsq "
+                     "--qat-epochs 1 --calib-batches 2 --batch-size 64 --threads 1 --quiet --out " +
+                     out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(out + "/results.json");
+  const nlohmann::json results = nlohmann::json::parse(in);
+  // No labels: every score is top-1 agreement with the float model, which the float model
+  // has with itself; QAT distills from it. The imported model is not trained again.
+  EXPECT_FALSE(results.at("data").at("labels").get<bool>());
+  EXPECT_EQ(results.at("data").at("train").get<int64_t>(), 512);
+  EXPECT_EQ(results.at("float").at("val_top1").get<double>(), 100.0);
+  EXPECT_TRUE(results.at("float").at("reused_checkpoint").get<bool>());
+  for (const char* observer : {"min_max", "percentile"}) {
+    // 8 bits on a 3-class head: at most a few of 128 examples may flip.
+    EXPECT_GE(results.at("calibration").at(observer).at("val_top1").get<double>(), 95.0)
+        << observer;
+  }
+  for (const char* method : {"fake_quant", "lsq"}) {
+    const auto& entry = results.at("qat").at(method);
+    EXPECT_EQ(entry.at("loss"), "distillation") << method;
+    EXPECT_GE(entry.at("val_top1").get<double>(), 95.0) << method;
+  }
+  EXPECT_EQ(results.at("config").at("model").get<std::string>().find("workflow_op13.onnx") ==
+                std::string::npos,
+            false);
+  EXPECT_TRUE(results.contains("deploy"));
+  EXPECT_TRUE(std::filesystem::exists(out + "/report.md"));
+}
+
+TEST(Cli, InferWritesEveryOutputOfAnImportedModelByName) {
+  const std::string out = temp_dir("infer");
+  std::filesystem::create_directories(out);
+  // The segmentation model has two outputs; ONNX Runtime's are the reference.
+  Result r = run_cli("infer --model " + kModels + "fcn_resnet18_op17.onnx --input " + kModels +
+                     "fcn_resnet18_op17.input.npy --output " + out + "/y.npz");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto archive = calq::data::NpzArchive::open(out + "/y.npz");
+  ASSERT_EQ(archive.names().size(), 2u);
+  const at::Tensor first = archive.array(archive.names()[0]).read_all();
+  const at::Tensor reference =
+      calq::data::NpyArray::open(kModels + "fcn_resnet18_op17.ort0.npy").read_all();
+  ASSERT_EQ(first.sizes(), reference.sizes());
+  EXPECT_LE((first - reference).abs().max().item<double>(),
+            1e-4 * reference.abs().max().item<double>());
+  // .npy: the first output only.
+  Result single = run_cli("infer --model " + kModels + "fcn_resnet18_op17.onnx --input " + kModels +
+                          "fcn_resnet18_op17.input.npy --output " + out + "/y.npy");
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  EXPECT_TRUE(calq::data::NpyArray::open(out + "/y.npy").read_all().equal(first));
+}
+
+TEST(Cli, DataThatDoesNotFitTheModelNamesBothShapes) {
+  const std::string out = temp_dir("misfit");
+  const std::string data = write_unlabelled_npz(out + "_data", 64, {1, 7, 8});
+  Result r = run_cli("run --model " + kModels + "workflow_op13.onnx --data " + data +
+                     " --val-size 16 --quiet --out " + out);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("[1, 7, 8]"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[N, 1, 8, 8]"), std::string::npos) << r.output;
+  // The zoo takes Fashion-MNIST's [1, 28, 28].
+  Result zoo = run_cli("run --model cnn --data " + data + " --val-size 16 --quiet --out " + out);
+  EXPECT_NE(zoo.exit_code, 0);
+  EXPECT_NE(zoo.output.find("[N, 1, 28, 28]"), std::string::npos) << zoo.output;
+}

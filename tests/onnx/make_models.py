@@ -152,10 +152,12 @@ def workflow_models():
     export_torch("workflow_op17_bn", model, x, 17, training=True)
     # TrainingMode.TRAINING: batch norm with training_mode=1 and its running-statistics
     # outputs (not a parity case: the file computes batch statistics).
-    torch.onnx.export(model, (x,), os.path.join(OUT, "workflow_op17_training.onnx"),
-                      opset_version=17, input_names=["input"], output_names=["output0"],
-                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
-                      dynamic_axes={"input": {0: "batch"}, "output0": {0: "batch"}})
+    # Opsets 9-13 give BatchNormalization five outputs (mean, var, saved mean, saved var).
+    for opset in (13, 17):
+        torch.onnx.export(model, (x,), os.path.join(OUT, "workflow_op%d_training.onnx" % opset),
+                          opset_version=opset, input_names=["input"], output_names=["output0"],
+                          training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
+                          dynamic_axes={"input": {0: "batch"}, "output0": {0: "batch"}})
     model.eval()
 
 

@@ -77,6 +77,7 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint) {
   Workspace ws = open_workspace(config);
   ModelMeta meta;
   Model model = load_model(checkpoint, &meta);
+  check_workspace_fits(model, ws);
   ModelMeta float_meta = meta;
   float_meta.prepared = false;
   const Model reference = build_model(float_meta);
@@ -113,13 +114,13 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   float_net.module->eval();
   auto result = pipeline::train(*model.module, model.forward, ws.train,
                                 qat_train_options(config, name).process_group(ws.group),
-                                ws.labelled ? nullptr : &float_net.forward);
+                                config.distills(ws.labelled) ? &float_net.forward : nullptr);
   const double top1 = score(ws, model, float_net, ws.validation, true).top1;
   const std::string path = config.out + "/qat/" + name + ".pt";
   if (!ws.writer()) return 0;
   save_model(model, meta, path);
   std::filesystem::remove(qat_resume_checkpoint(config, name));
-  std::cout << "qat " << name << " (" << (ws.labelled ? "labels" : "distillation")
+  std::cout << "qat " << name << " (" << (config.distills(ws.labelled) ? "distillation" : "labels")
             << "): validation top-1 " << top1 << "%, " << result.seconds_per_epoch << " s/epoch -> "
             << path << "\n";
   return 0;
@@ -184,6 +185,8 @@ int infer_command(const RunConfig& config, const std::string& model_path,
         is_onnx_path(model_path) ? std::filesystem::absolute(model_path).string() : model_path;
     model = build_model(meta);
   }
+  TORCH_CHECK(x.dim() >= 1, "infer: '", input, "' holds a scalar; give a batch [N, ...]");
+  check_data_fits(model, x.sizes().slice(1).vec(), "infer --input '" + input + "'");
   TORCH_CHECK(engine == "sim" || prepared, "infer: engine '", engine,
               "' needs a prepared model (--checkpoint of a calibrated or QAT model)");
   std::vector<at::Tensor> outputs;
@@ -194,7 +197,7 @@ int infer_command(const RunConfig& config, const std::string& model_path,
       model.module->eval();
     }
     torch::NoGradGuard no_grad;
-    outputs.push_back(model.forward(x));
+    outputs = model.forward_all(x);
   } else {
     const Trace t = trace_model(model);
     link_input_quantizers(t);
@@ -213,9 +216,24 @@ int infer_command(const RunConfig& config, const std::string& model_path,
     }
   }
   TORCH_CHECK(!outputs.empty(), "infer: the model produced no output");
-  util::write_npy(output, outputs[0].to(at::kFloat));
-  std::cout << "infer (" << engine << "): " << input << " " << x.sizes() << " -> " << output << " "
-            << outputs[0].sizes() << "\n";
+  const bool npz = output.size() > 4 && output.substr(output.size() - 4) == ".npz";
+  if (npz) {
+    // Every output, by the model's output names (ONNX graph outputs; "output" for the zoo).
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const std::string name =
+          i < model.output_names.size() && outputs.size() == model.output_names.size()
+              ? model.output_names[i]
+              : "output" + std::to_string(i);
+      named.emplace_back(name, outputs[i].to(at::kFloat));
+    }
+    util::write_npz(output, named);
+  } else {
+    util::write_npy(output, outputs[0].to(at::kFloat));
+  }
+  std::cout << "infer (" << engine << "): " << input << " " << x.sizes() << " -> " << output << " ("
+            << outputs.size() << (npz ? " outputs" : " output, the first") << "; first "
+            << outputs[0].sizes() << ")\n";
   return 0;
 }
 

@@ -73,17 +73,34 @@ void RunConfig::validate() const {
               val_size);
   TORCH_CHECK(!out.empty(), "--out must name a folder");
   TORCH_CHECK(!observers.empty(), "--observers must name at least one observer");
-  TORCH_CHECK(!methods.empty(), "--methods must name at least one fake-quant method");
+  TORCH_CHECK(!methods.empty(), "--methods must name at least one fake-quant method, or none");
+  TORCH_CHECK(qat_loss == "auto" || qat_loss == "cross_entropy" || qat_loss == "distillation",
+              "--qat-loss must be auto, cross_entropy or distillation, got '", qat_loss, "'");
   // Names are checked up front (errors list the valid ones), not after an hour of training.
   march_from_string(march);
   for (const auto& observer : observers) {
     get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();
   }
-  for (const auto& method : methods) {
+  for (const auto& method : qat_methods()) {
     get_default_qconfig(method, std::string("fake_quant"),
                         qat_observer == "calibrated" ? std::string("min_max") : qat_observer)
         .validate();
   }
+}
+
+std::vector<std::string> RunConfig::qat_methods() const {
+  std::vector<std::string> out;
+  for (const auto& m : methods) {
+    if (m != "none") out.push_back(m);
+  }
+  return out;
+}
+
+bool RunConfig::distills(bool labelled) const {
+  TORCH_CHECK(labelled || qat_loss != "cross_entropy",
+              "--qat-loss cross_entropy needs labelled data; this data has no labels (use auto "
+              "or distillation)");
+  return qat_loss == "distillation" || (qat_loss == "auto" && !labelled);
 }
 
 nlohmann::json RunConfig::to_json() const {
@@ -117,6 +134,7 @@ nlohmann::json RunConfig::to_json() const {
           {"observers", observers},
           {"methods", methods},
           {"qat_observer", qat_observer},
+          {"qat_loss", qat_loss},
           {"nproc", nproc},
           {"dist_timeout", dist_timeout}};
 }
@@ -169,6 +187,7 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("observers", observers);
     get("methods", methods);
     get("qat_observer", qat_observer);
+    get("qat_loss", qat_loss);
     get("nproc", nproc);
     get("dist_timeout", dist_timeout);
   } catch (const nlohmann::json::exception& error) {

@@ -45,6 +45,9 @@ struct RunConfig {
                                         "mix",     "clip_std",   "clip", "fixed_scale"};
   std::vector<std::string> methods = {"fake_quant", "lsq", "pact"};
   std::string qat_observer = "calibrated";
+  /// QAT loss: cross_entropy (labels), distillation (from the float model's outputs), or auto
+  /// (cross_entropy when the data has labels).
+  std::string qat_loss = "auto";
   /// Local worker processes (ranks) of a data-parallel job started by this command; under an
   /// external launcher (RANK set) the environment describes the job instead.
   int64_t nproc = 1;
@@ -52,6 +55,10 @@ struct RunConfig {
   bool resume = false;
   bool quiet = false;
 
+  /// --methods without "none" (`--methods none`: calibration only, no QAT).
+  std::vector<std::string> qat_methods() const;
+  /// Whether QAT distills from the float model, given whether the data has labels.
+  bool distills(bool labelled) const;
   QuantDtype weight_dtype() const;
   QuantDtype activation_dtype() const;
   /// Checks every field; throws naming the offending one and the valid values.

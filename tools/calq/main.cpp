@@ -65,7 +65,11 @@ void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config
       ->capture_default_str();
   app.add_option("--observers", c.observers, "activation observers to calibrate with")
       ->delimiter(',');
-  app.add_option("--methods", c.methods, "QAT fake-quant methods")->delimiter(',');
+  app.add_option("--methods", c.methods, "QAT fake-quant methods (none: calibration only)")
+      ->delimiter(',');
+  app.add_option("--qat-loss", c.qat_loss,
+                 "cross_entropy | distillation (from the float model) | auto (labels if any)")
+      ->capture_default_str();
   app.add_option("--qat-observer", c.qat_observer,
                  "activation observer during QAT; calibrated: the loaded calibration's own")
       ->capture_default_str();

@@ -215,6 +215,11 @@ void write_report(const Workspace& ws, const nlohmann::json& results, const Mode
   md += "![accuracy per observer and method](accuracy.svg)\n\n";
   if (results.contains("deploy")) {
     md += "## Deployment\n\n";
+    // Null when no model exported (nothing reached ONNX Runtime).
+    const nlohmann::json runtime =
+        results.value("deploy_runtime", nlohmann::json::object()).is_object()
+            ? results["deploy_runtime"]
+            : nlohmann::json::object();
     md += fmt::format(
         "Every model exported as QDQ ONNX (`deploy/NAME.onnx`) and run by ONNX Runtime {} on "
         "its integer kernels ({}), and by calq's integer engine. Top-1 on the {} set; "
@@ -225,9 +230,8 @@ void write_report(const Workspace& ws, const nlohmann::json& results, const Mode
         "reduction, so values far above 1 there mean a one-step difference upstream, which "
         "rounding ties in the simulation's float convolutions produce on a few "
         "examples).\n\n",
-        results["deploy_runtime"].value("onnxruntime", std::string("?")),
-        results["deploy_runtime"].value("cpu", std::string("?")),
-        results["deploy_runtime"].value("set", std::string("test")));
+        runtime.value("onnxruntime", std::string("?")), runtime.value("cpu", std::string("?")),
+        runtime.value("set", std::string("test")));
     md +=
         "| model | simulated top-1 | ONNX Runtime top-1 | integer engine top-1 | argmax "
         "agreement (ORT) | max LSB diff (ORT) |\n|---|---:|---:|---:|---:|---:|\n";

@@ -144,7 +144,7 @@ int run_command(const RunConfig& config) {
 
   // Steps 7-11 for every method: fresh QAT model, load the best calibration, train (labels, or
   // distillation from the float model), validate.
-  for (const std::string& method : config.methods) {
+  for (const std::string& method : config.qat_methods()) {
     const std::string path = config.out + "/qat/" + method + ".pt";
     if (rank0_decides(ws, has(results, "qat", method) && std::filesystem::exists(path))) continue;
     ModelMeta meta;
@@ -155,24 +155,27 @@ int run_command(const RunConfig& config) {
     float_net.module->eval();
     auto trained = pipeline::train(*model.module, model.forward, ws.train,
                                    qat_train_options(config, method).process_group(ws.group),
-                                   ws.labelled ? nullptr : &reference);
+                                   config.distills(ws.labelled) ? &reference : nullptr);
     const double top1 = evaluate(model, ws.validation, true, "val qat " + method).top1;
     if (writer) {
       save_model(model, meta, path);
       std::filesystem::remove(qat_resume_checkpoint(config, method));
     }
-    results["qat"][method] = {{"val_top1", top1},
-                              {"seconds_per_epoch", trained.seconds_per_epoch},
-                              {"loss", ws.labelled ? "cross_entropy" : "distillation"},
-                              {"load",
-                               {{"copied_entries", report.copied.size()},
-                                {"converted", report.converted},
-                                {"not_applicable_entries", report.not_applicable.size()}}},
-                              {"clamped_scales", clamped_scales(*model.module)}};
+    results["qat"][method] = {
+        {"val_top1", top1},
+        {"seconds_per_epoch", trained.seconds_per_epoch},
+        {"loss", config.distills(ws.labelled) ? "distillation" : "cross_entropy"},
+        {"load",
+         {{"copied_entries", report.copied.size()},
+          {"converted", report.converted},
+          {"not_applicable_entries", report.not_applicable.size()}}},
+        {"clamped_scales", clamped_scales(*model.module)}};
     save(results);
     if (writer) std::cerr << "qat " << method << ": validation top-1 " << top1 << "%\n";
   }
-  results["best_method"] = best_by_validation(results, "qat", config.methods);
+  if (!config.qat_methods().empty()) {
+    results["best_method"] = best_by_validation(results, "qat", config.qat_methods());
+  }
   ws.sync();  // rank 0 wrote the QAT models
 
   // The test set, once, for the float model and what was chosen or trained: top-1 and paired
@@ -187,7 +190,7 @@ int run_command(const RunConfig& config) {
         {"test_top1", calibrated_test.top1},
         {"vs_float",
          comparison_json(pipeline::compare_paired(float_test.correct, calibrated_test.correct))}};
-    for (const std::string& method : config.methods) {
+    for (const std::string& method : config.qat_methods()) {
       Model model = load_model(config.out + "/qat/" + method + ".pt");
       const pipeline::Evaluation test = evaluate(model, ws.test, true, "test qat " + method);
       results["qat"][method]["test_top1"] = test.top1;
@@ -207,7 +210,7 @@ int run_command(const RunConfig& config) {
     nlohmann::json runtime;
     results["deploy"]["calibrated_" + best] = deploy_and_check(
         ws, calibrated, float_net, config.out + "/deploy/calibrated_" + best + ".onnx", &runtime);
-    for (const std::string& method : config.methods) {
+    for (const std::string& method : config.qat_methods()) {
       const Model model = load_model(config.out + "/qat/" + method + ".pt");
       results["deploy"]["qat_" + method] = deploy_and_check(
           ws, model, float_net, config.out + "/deploy/qat_" + method + ".onnx", &runtime);

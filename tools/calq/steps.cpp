@@ -77,11 +77,17 @@ Model make_float_model(const std::string& name) {
     graph::Graph graph = imported.graph;
     model.module = graph.ptr();
     model.forward = [graph](const at::Tensor& x) mutable { return graph->forward(x); };
+    model.forward_all = [graph](const at::Tensor& x) mutable {
+      return graph->forward(std::vector<at::Tensor>{x});
+    };
+    model.output_names = graph->output_names();
     model.output_layer = output_layer_of(imported);
     TORCH_CHECK(!imported.inputs.empty() && !imported.inputs[0].shape.empty(), "'", name,
                 "' declares no input shape; calq needs the rank and sizes of its input");
     const auto& shape = imported.inputs[0].shape;
-    model.example_shape.assign(shape.begin() + 1, shape.end());
+    model.input_shape.assign(shape.begin() + 1, shape.end());
+    model.input_name = imported.inputs[0].name;
+    model.example_shape = model.input_shape;
     for (int64_t& d : model.example_shape) d = d < 0 ? 1 : d;
     auto shared = std::make_shared<onnx::ImportedModel>(std::move(imported));
     model.keep_float = [shared](const std::vector<std::string>& names) {
@@ -93,14 +99,26 @@ Model make_float_model(const std::string& name) {
   zoo::Classifier classifier = zoo::make_model(name);
   model.module = classifier;
   model.forward = [classifier](const at::Tensor& x) mutable { return classifier->forward(x); };
+  model.forward_all = [classifier](const at::Tensor& x) mutable {
+    return std::vector<at::Tensor>{classifier->forward(x)};
+  };
   model.output_layer = classifier->output_layer();
   model.example_shape = {1, data::kFashionMnistRows, data::kFashionMnistCols};
+  model.input_shape = model.example_shape;
   model.keep_float = [](const std::vector<std::string>& names) {
     std::map<std::string, QConfig> out;
     for (const auto& n : names) out[n] = QConfig{};
     return out;
   };
   return model;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    out += (i ? ", " : "") + (shape[i] < 0 ? std::string("?") : std::to_string(shape[i]));
+  }
+  return out + "]";
 }
 
 QConfigOverrides overrides_for(const Model& model, const QConfig& global,
@@ -140,6 +158,25 @@ data::SourcePtr limited(data::SourcePtr source, int64_t limit) {
 }
 
 }  // namespace
+
+void check_data_fits(const Model& model, const std::vector<int64_t>& example,
+                     const std::string& what) {
+  bool fits = example.size() == model.input_shape.size();
+  for (size_t i = 0; fits && i < example.size(); ++i) {
+    fits = model.input_shape[i] < 0 || model.input_shape[i] == example[i];
+  }
+  TORCH_CHECK(fits, what, ": the examples have shape ", shape_str(example),
+              " but the model's input '", model.input_name, "' takes [N, ",
+              shape_str(model.input_shape).substr(1),
+              " (? = any size); for an image folder set --size, --channels and --order, for "
+              ".npy/.npz data reshape the arrays");
+}
+
+void check_workspace_fits(const Model& model, const Workspace& ws) {
+  check_data_fits(model, ws.train->example_shape(),
+                  ws.config.data.empty() ? "Fashion-MNIST" : "--data");
+  if (ws.test) check_data_fits(model, ws.test->example_shape(), "--test-data");
+}
 
 bool is_onnx_path(const std::string& model) {
   return model.size() > 5 && model.substr(model.size() - 5) == ".onnx";
@@ -312,8 +349,11 @@ Model float_model(const Workspace& ws, double* seconds_per_epoch, bool* reused) 
     // A user's model is trained already: it is the float model.
     TORCH_CHECK(std::filesystem::exists(c.model), "--model: '", c.model, "' does not exist");
     *reused = true;
-    return make_float_model(std::filesystem::absolute(c.model).string());
+    Model model = make_float_model(std::filesystem::absolute(c.model).string());
+    check_workspace_fits(model, ws);
+    return model;
   }
+  check_workspace_fits(make_float_model(c.model), ws);
   const std::string path = float_checkpoint(c);
   const std::string settings_path = c.out + "/float_" + c.model + ".settings.json";
   bool reuse = std::filesystem::exists(path) && std::filesystem::exists(settings_path) &&

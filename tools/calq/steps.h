@@ -50,14 +50,28 @@ Workspace open_workspace(const RunConfig& config);
 struct Model {
   std::shared_ptr<torch::nn::Module> module;
   pipeline::Forward forward;
+  /// Every output of the model, in output_names order (imported graphs may have several).
+  std::function<std::vector<at::Tensor>(const at::Tensor&)> forward_all;
+  std::vector<std::string> output_names = {"output"};
   /// Module path of the layer whose output stays float by default ("32-bit output").
   std::string output_layer;
   /// One example's shape (no batch dimension), for traces.
   std::vector<int64_t> example_shape;
+  /// The declared input shape without the batch dimension (-1: dynamic), and its name.
+  std::vector<int64_t> input_shape;
+  std::string input_name = "input";
   /// For imported models: ONNX node names -> module overrides of --exclude.
   std::function<std::map<std::string, QConfig>(const std::vector<std::string>&)> keep_float;
   bool imported = false;
 };
+
+/// Checks that examples of `example_shape` (no batch dimension) fit the model's input (rank and
+/// every static size); the error names both shapes and the options that change the data's.
+void check_data_fits(const Model& model, const std::vector<int64_t>& example_shape,
+                     const std::string& what);
+
+/// check_data_fits for the training (and validation) and test data of `ws`.
+void check_workspace_fits(const Model& model, const Workspace& ws);
 
 /// Whether --model names an ONNX file rather than a zoo network.
 bool is_onnx_path(const std::string& model);

@@ -107,7 +107,8 @@ std::vector<OperatorSchema> build_schemas() {
       op("ConvTranspose", 2, 3, 1, 1, conv + " output_padding:is output_shape:is"),
       op("Gemm", 2, 3, 1, 1, "alpha:f beta:f transA:i transB:i"),
       op("MatMul", 2, 2, 1, 1),
-      op("BatchNormalization", 5, 5, 1, 3, "epsilon:f momentum:f training_mode:i"),
+      // Opsets 9-13: Y, mean, var, saved_mean, saved_var; 14+: Y, running_mean, running_var.
+      op("BatchNormalization", 5, 5, 1, 5, "epsilon:f momentum:f training_mode:i"),
       op("InstanceNormalization", 3, 3, 1, 1, "epsilon:f"),
       op("LayerNormalization", 2, 3, 1, 3, "axis:i epsilon:f stash_type:i", 17),
       // Pooling and reductions.
