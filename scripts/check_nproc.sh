@@ -6,11 +6,17 @@
 #   2. calibration of the one-process run's float model by 2 processes, for every observer:
 #      the exported scales bit-identical to the one-process calibration's (within 1e-6 for the
 #      running averages min_max, mse, clip_std).
-# Usage: bash scripts/check_nproc.sh [OUT_FOLDER]   (build first; CALQ_BUILD_DIR as elsewhere)
+# Usage: bash scripts/check_nproc.sh [OUT_FOLDER]   (build first; CALQ_BUILD_DIR as elsewhere,
+# or CALQ_CLI=/path/to/calq as the CTest test distributed_run_nproc sets it). Exits 77 (CTest's
+# skip code) when the Fashion-MNIST package is not installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-calq="$(pwd)/${CALQ_BUILD_DIR:-build}/calq"
+calq="${CALQ_CLI:-$(pwd)/${CALQ_BUILD_DIR:-build}/calq}"
 out="${1:-/tmp/calq_check_nproc}"
+if [ ! -d "${CALQ_DATA_DIR:-/usr/share/datasets/fashion-mnist}" ]; then
+  echo "check_nproc: dataset-fashion-mnist is not installed; skipped"
+  exit 77
+fi
 small=(--limit-train 2048 --limit-test 512 --val-size 256 --epochs 1 --qat-epochs 1
        --calib-batches 4 --batch-size 64 --threads 1 --quiet)
 observers=(min_max percentile kl mse mix clip_std clip fixed_scale)

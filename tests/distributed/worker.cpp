@@ -122,13 +122,14 @@ int qat(const std::string& out, const std::string& method, int64_t epochs, const
     });
   }
   // Distillation: the images without labels, and the float CNN (another seed) as the teacher,
-  // in eval mode and the same on every rank.
+  // in eval mode and the same on every rank; its logits scaled by 10 so that its softmax is
+  // far from uniform and the loss is of the cross-entropy's size (about 2), not ~0.004.
   calq::data::Dataset images_only{data.images, at::Tensor()};
   torch::manual_seed(7);
   calq::zoo::Classifier teacher_model = calq::zoo::make_model("cnn");
   teacher_model->eval();
   const calq::pipeline::Forward teacher = [&teacher_model](const at::Tensor& x) {
-    return teacher_model->forward(x);
+    return teacher_model->forward(x) * 10.0;
   };
   try {
     const calq::pipeline::Forward forward = [&model](const at::Tensor& x) {

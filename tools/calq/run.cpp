@@ -200,8 +200,11 @@ int run_command(const RunConfig& config) {
           comparison_json(pipeline::compare_paired(calibrated_test.correct, test.correct));
     }
   }
-  // The rest (deployment check, exports, report) runs on rank 0 alone.
+  // The rest (deployment check, exports, report) runs on rank 0 alone, outside the job: its
+  // steps (the report's histogram calibration) must not wait for ranks that have finished.
   if (!writer) return 0;
+  Workspace solo = ws;
+  solo.group = nullptr;
   save_results(config, results);
 
   // Deployment: the chosen calibration and every QAT model as QDQ ONNX, run by ONNX Runtime and
@@ -209,11 +212,11 @@ int run_command(const RunConfig& config) {
   {
     nlohmann::json runtime;
     results["deploy"]["calibrated_" + best] = deploy_and_check(
-        ws, calibrated, float_net, config.out + "/deploy/calibrated_" + best + ".onnx", &runtime);
+        solo, calibrated, float_net, config.out + "/deploy/calibrated_" + best + ".onnx", &runtime);
     for (const std::string& method : config.qat_methods()) {
       const Model model = load_model(config.out + "/qat/" + method + ".pt");
       results["deploy"]["qat_" + method] = deploy_and_check(
-          ws, model, float_net, config.out + "/deploy/qat_" + method + ".onnx", &runtime);
+          solo, model, float_net, config.out + "/deploy/qat_" + method + ".onnx", &runtime);
     }
     results["deploy_runtime"] = runtime;
     save_results(config, results);
@@ -223,7 +226,7 @@ int run_command(const RunConfig& config) {
                           export_scales(*calibrated.module).dump(2) + "\n");
   results["seconds_total"] = total.seconds();  // this invocation (a resumed run counts its part)
   save_results(config, results);
-  write_report(ws, results, float_net, calibrated);
+  write_report(solo, results, float_net, calibrated);
   std::cout << summary_table(results);
   std::cout << "results: " << config.out << "/results.json, report: " << config.out
             << "/report.md\n";
