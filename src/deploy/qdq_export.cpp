@@ -245,8 +245,10 @@ class Exporter {
     const std::string w_int =
         b_.initializer(call.path + "/weight_quantized", integer_weight(*wfq, weight.detach(), wq),
                        storage_type(wq.spec.dtype()));
-    const std::string w = b_.node("DequantizeLinear", {w_int, names.first, names.second},
-                                  call.path + "/weight", axis_attribute(wq, axis));
+    // int16 weights need the profile's int16 DequantizeLinear (com.microsoft for ORT) too.
+    const std::string w =
+        b_.node("DequantizeLinear", {w_int, names.first, names.second}, call.path + "/weight",
+                axis_attribute(wq, axis), qdq_domain(wq.spec));
     report_->dequantize_nodes += 1;
     report_->integer_weight_layers += 1;
     if (!input.quant || input.quant->spec.per_channel()) {
