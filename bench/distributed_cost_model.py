@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Cost model of data-parallel QAT on N machines (docs/distributed.md, section 10).
 
-    /usr/bin/python3 bench/distributed_cost_model.py BENCH_JSON [--resnet-batch 8] [--threads 2]
+    /usr/bin/python3 bench/distributed_cost_model.py BENCH_JSON [--resnet-batch 8] [--threads 1]
 
 BENCH_JSON comes from `bench/run.sh distributed --json FILE` (parameters and step times of
 the zoo models, all-reduce times on this machine). The script also times one float training
@@ -58,7 +58,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("bench_json")
     parser.add_argument("--resnet-batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--global-batch", type=int, default=256,
                         help="global batch of the large models in the scaling table")
     args = parser.parse_args()
@@ -76,7 +76,7 @@ def main():
         if entry["method"] != "lsq":
             continue
         name = entry["model"]
-        step = bench["step"]["1x2"].get(name, {}).get("lsq")
+        step = bench["step"]["1x1"].get(name, {}).get("lsq")
         if step is None:
             continue
         rows.append((name + " (zoo, lsq)", entry["parameters"], step, batch))
