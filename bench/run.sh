@@ -10,7 +10,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-valid_suites="kernels observers workflow compare distributed"
+valid_suites="kernels observers workflow compare deploy distributed"
 
 usage() {
   echo "usage: bench/run.sh SUITE [--json FILE] [suite flags]; valid suites: ${valid_suites}" >&2
@@ -42,6 +42,14 @@ case "${suite}" in
     # data, epochs, seed and threads; accuracy and time side by side
     target="calq_cli"
     ;;
+  deploy)
+    # zoo models: latency and peak memory of calq's simulation, calq's integer engine, ONNX
+    # Runtime on the float and the QDQ model; calq quantize on a ResNet-18-sized ONNX model at
+    # 3x224x224: peak memory with 1,000 vs 4,000 calibration images, calibration vs calq's
+    # float inference, ONNX Runtime latency of the int8 export vs the float model
+    # (bench/deploy.py)
+    target="calq_cli calq_deploy_bench calq_deploy_zoo_bench"
+    ;;
   distributed)
     # data-parallel QAT: parameters and bytes all-reduced per step of every zoo model, QAT
     # step time at 1 process x 1 and 2 threads and 2 processes x 1 thread (same global batch),
@@ -68,8 +76,11 @@ else
   build="${root}/build"
   cmake -S "${root}" -B "${build}" -DCMAKE_BUILD_TYPE=Release
 fi
-cmake --build "${build}" --target "${target}" -j "${jobs}"
+cmake --build "${build}" --target ${target} -j "${jobs}"
 
+if [[ "${suite}" == deploy ]]; then
+  exec /usr/bin/python3 "${root}/bench/deploy.py" --build "${build}" "$@"
+fi
 if [[ "${suite}" == compare ]]; then
   exec /usr/bin/python3 "${root}/bench/compare.py" --calq "${build}/calq" "$@"
 fi

@@ -27,6 +27,21 @@ enum class FakeQuantState { QAT, CALIBRATION, VALIDATION };
 FakeQuantState fake_quant_state_from_string(const std::string& name);
 std::string to_string(FakeQuantState state);
 
+/// While alive, every FakeQuantize of this thread returns its input unchanged and observes
+/// nothing, whatever its state (scopes nest). calq::trace runs its example through a model
+/// this way: a trace records structure, and its example (often zeros) must not become part of
+/// a calibration nor initialize lsq / pact parameters.
+class PassThroughScope {
+ public:
+  PassThroughScope();
+  ~PassThroughScope();
+  PassThroughScope(const PassThroughScope&) = delete;
+  PassThroughScope& operator=(const PassThroughScope&) = delete;
+
+ private:
+  bool previous_;
+};
+
 /// The three fake-quant methods (semantics section 3).
 enum class FakeQuantMethod { fake_quant, lsq, pact };
 /// "fake_quant" / "lsq" / "pact"; unknown names throw listing them.

@@ -33,8 +33,20 @@ struct QConfigOverrides {
   std::map<std::string, QConfig> by_name;
 };
 
+/// A module that completes its own preparation once prepare_qat has filled every slot:
+/// prepare_qat calls after_prepare() on every module of the model (the model included) that
+/// implements this interface. calq::graph::GraphImpl links each weighted node to the quantizer
+/// of its input there (graph::link_input_quantizers), so that VALIDATION adds biases as the
+/// deployed model does.
+class PrepareHook {
+ public:
+  virtual ~PrepareHook() = default;
+  virtual void after_prepare() = 0;
+};
+
 /// Fills every quantization slot of every calq::nn module of `model` (weight fake-quant on
-/// conv/linear, output fake-quant on quantization points) with the resolved qconfig.
+/// conv/linear, output fake-quant on quantization points) with the resolved qconfig, then
+/// calls PrepareHook::after_prepare of the modules that have one.
 /// bernoulli forces power-of-two scales. Throws if the model is already prepared, has no
 /// calq::nn module, has an unfused Conv-BN block, or an override names no module / type.
 /// The model is left in state QAT, training mode.

@@ -54,7 +54,15 @@ class MappedFile : public ArraySource {
   const char* data() const { return data_; }
   void read(uint64_t offset, uint64_t n, char* dst) override {
     TORCH_INTERNAL_ASSERT(offset <= size_ && n <= size_ - offset);
-    if (n > 0) std::memcpy(dst, data_ + offset, n);
+    if (n == 0) return;
+    std::memcpy(dst, data_ + offset, n);
+    // Hand the pages back: the caller keeps the copy, and a file read once from start to end
+    // (calibration data) would otherwise stay mapped in this process, its resident memory
+    // growing with the file. The pages are clean (read-only mapping): a later read maps them
+    // again from the page cache.
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t begin = offset / page * page;
+    ::madvise(const_cast<char*>(data_) + begin, offset + n - begin, MADV_DONTNEED);
   }
 
  private:

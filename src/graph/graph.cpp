@@ -188,5 +188,62 @@ at::Tensor GraphImpl::forward(const at::Tensor& input) {
   return forward(std::vector<at::Tensor>{input}).at(0);
 }
 
+void GraphImpl::after_prepare() {
+  link_input_quantizers(*this);
+}
+
+const std::set<std::string>& pass_through_op_types() {
+  static const std::set<std::string> ops = {
+      "Identity",     "Dropout",      "Reshape",   "Flatten",   "Transpose",
+      "Squeeze",      "Unsqueeze",    "Slice",     "Split",     "Gather",
+      "Expand",       "Tile",         "Pad",       "MaxPool",   "GlobalMaxPool",
+      "DepthToSpace", "SpaceToDepth", "ReduceMax", "ReduceMin", "Resize"};
+  return ops;
+}
+
+bool is_pass_through(const Node& node) {
+  if (pass_through_op_types().count(node.op_type) == 0) return false;
+  if (node.op_type == "Resize") {
+    auto mode = node.attributes.find("mode");
+    if (mode != node.attributes.end()) {
+      const auto* name = c10::get_if<std::string>(&mode->second);
+      if (name == nullptr || *name != "nearest") return false;
+    }
+  }
+  const nn::QuantModuleImpl* q = node.quant_module();
+  return q != nullptr && !q->is_quantization_point();
+}
+
+int64_t link_input_quantizers(GraphImpl& graph) {
+  std::map<std::string, const Node*> producer;
+  for (const Node& node : graph.nodes()) {
+    for (const auto& out : node.outputs) {
+      if (!out.empty()) producer[out] = &node;
+    }
+  }
+  auto quantizer_of = [&producer](std::string value) {
+    for (size_t steps = 0; steps <= producer.size(); ++steps) {
+      auto it = producer.find(value);
+      if (it == producer.end()) break;  // a graph input or a constant
+      const Node& node = *it->second;
+      const nn::QuantModuleImpl* q = node.quant_module();
+      if (q == nullptr) break;
+      if (!q->output_fake_quant().is_empty()) return q->output_fake_quant();
+      if (!is_pass_through(node) || node.inputs.empty()) break;
+      value = node.inputs[0];
+    }
+    return FakeQuantize(nullptr);
+  };
+  int64_t linked = 0;
+  for (const Node& node : graph.nodes()) {
+    nn::QuantModuleImpl* q = node.quant_module();
+    if (q == nullptr || !q->has_weight() || node.inputs.empty()) continue;
+    FakeQuantize quantizer = quantizer_of(node.inputs[0]);
+    if (!quantizer.is_empty()) ++linked;
+    q->set_input_quantizer(quantizer);
+  }
+  return linked;
+}
+
 }  // namespace graph
 }  // namespace calq

@@ -5,24 +5,21 @@
 
 namespace calq {
 namespace nn {
-namespace {
 
 // [in, out/g, kH, kW] <-> [out, in/g, kH, kW]: per group, swap the channel axes.
-at::Tensor to_output_major(const at::Tensor& w, int64_t groups) {
+at::Tensor conv_transpose_output_major(const at::Tensor& w, int64_t groups) {
   const int64_t in = w.size(0), out_per_group = w.size(1);
   return w.reshape({groups, in / groups, out_per_group, w.size(2), w.size(3)})
       .transpose(1, 2)
       .reshape({groups * out_per_group, in / groups, w.size(2), w.size(3)});
 }
 
-at::Tensor from_output_major(const at::Tensor& w, int64_t groups, int64_t in) {
+at::Tensor conv_transpose_input_major(const at::Tensor& w, int64_t groups, int64_t in) {
   const int64_t out = w.size(0), in_per_group = w.size(1);
   return w.reshape({groups, out / groups, in_per_group, w.size(2), w.size(3)})
       .transpose(1, 2)
       .reshape({in, out / groups, w.size(2), w.size(3)});
 }
-
-}  // namespace
 
 ConvTranspose2dImpl::ConvTranspose2dImpl(ConvTranspose2dOptions options)
     : QuantModuleImpl("ConvTranspose2d") {
@@ -34,16 +31,17 @@ ConvTranspose2dImpl::ConvTranspose2dImpl(ConvTranspose2dOptions options)
 at::Tensor ConvTranspose2dImpl::quantized_weight() {
   if (weight_fake_quant().is_empty()) return conv->weight;
   const int64_t groups = conv->options.groups();
-  return from_output_major(quantize_weight(to_output_major(conv->weight, groups)), groups,
-                           conv->weight.size(0));
+  return conv_transpose_input_major(
+      quantize_weight(conv_transpose_output_major(conv->weight, groups)), groups,
+      conv->weight.size(0));
 }
 
 at::Tensor ConvTranspose2dImpl::forward_with(const at::Tensor& x, at::IntArrayRef padding,
                                              at::IntArrayRef output_padding) {
   const auto& o = conv->options;
-  return traced({x}, quantize_output(at::conv_transpose2d(x, quantized_weight(), conv->bias,
-                                                          *o.stride(), padding, output_padding,
-                                                          o.groups(), *o.dilation())));
+  return traced({x}, quantize_output(at::conv_transpose2d(
+                         x, quantized_weight(), deployed_bias(conv->bias), *o.stride(), padding,
+                         output_padding, o.groups(), *o.dilation())));
 }
 
 at::Tensor ConvTranspose2dImpl::forward(const at::Tensor& x) {

@@ -39,7 +39,7 @@ const std::vector<std::string>& float_function_type_names() {
       "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Resize",
       "Round", "SELU", "SiLU", "Sigmoid", "Sign", "Sin", "Softmax", "Softplus", "Softsign", "Sqrt",
       "Sub", "Sum", "Tanh", "Where", "Mod", "Compare", "Logical", "Cast", "ArgMax", "ArgMin",
-      "LayerNorm",
+      "LayerNorm", "QuantizeLinear", "DequantizeLinear",
       // Layers kept in float when calq has no quantized module for them (1-d/3-d
       // convolutions, weights computed at run time).
       "Conv", "ConvTranspose", "Gemm",

@@ -19,10 +19,6 @@ RecordingScope::~RecordingScope() {
   active_recorder = previous_;
 }
 
-bool recording() {
-  return active_recorder != nullptr;
-}
-
 at::Tensor QuantModuleImpl::traced(const std::vector<at::Tensor>& inputs,
                                    const at::Tensor& output) const {
   if (active_recorder != nullptr) active_recorder->record(*this, inputs, output);

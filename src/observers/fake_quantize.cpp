@@ -7,13 +7,25 @@
 #include <cctype>
 #include <cmath>
 
-#include "calq/nn/quant_module.h"
 #include "calq/quant/fake_quant.h"
 #include "calq/quant/qparams.h"
 #include "observers/kwargs.h"
 #include "quant/small_tensor.h"
 
 namespace calq {
+
+namespace {
+thread_local bool passing_through = false;
+}  // namespace
+
+PassThroughScope::PassThroughScope() : previous_(passing_through) {
+  passing_through = true;
+}
+
+PassThroughScope::~PassThroughScope() {
+  passing_through = previous_;
+}
+
 namespace {
 
 struct StateName {
@@ -313,7 +325,7 @@ at::Tensor FakeQuantizeImpl::quantize(const at::Tensor& x) {
               "FakeQuantize.forward: x must be a defined floating tensor");
   // A trace's example input must not reach the observer (a running-average min_max that
   // saw zeros first keeps a range near zero) nor initialize lsq/pact parameters.
-  if (nn::recording()) return x;
+  if (passing_through) return x;
   bool had_data = observer_->has_data();
   switch (state_) {
     case FakeQuantState::CALIBRATION:

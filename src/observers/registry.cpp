@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 #include "calq/observers/clip.h"
 #include "calq/observers/clip_std.h"
 #include "calq/observers/fixed_scale.h"
@@ -38,11 +40,28 @@ std::vector<ObserverInfo> make_registry() {
              o, d.averaging_constant(
                     kwarg_double(k, "averaging_constant", d.averaging_constant(), "min_max")));
        }});
-  r.push_back({"fixed_scale", {"scale"}, false, [](const ObserverOptions& o, const json& k) {
-                 FixedScaleObserverOptions d;
-                 return build<FixedScaleObserverImpl>(
-                     o, d.scale(kwarg_double(k, "scale", d.scale(), "fixed_scale")));
-               }});
+  r.push_back(
+      {"fixed_scale", {"scale", "zero_point"}, true, [](const ObserverOptions& o, const json& k) {
+         FixedScaleObserverOptions d;
+         // A number per tensor, a list per channel.
+         if (k.contains("scale") && k.at("scale").is_array()) {
+           d.channel_scales(kwarg_doubles(k, "scale", {}, "fixed_scale"));
+         } else {
+           d.scale(kwarg_double(k, "scale", d.scale(), "fixed_scale"));
+         }
+         if (k.contains("zero_point") && k.at("zero_point").is_array()) {
+           std::vector<int64_t> zero_points;
+           for (double z : kwarg_doubles(k, "zero_point", {}, "fixed_scale")) {
+             TORCH_CHECK(std::nearbyint(z) == z, "fixed_scale: keyword 'zero_point' ",
+                         "must hold integers, got ", z);
+             zero_points.push_back(static_cast<int64_t>(z));
+           }
+           d.channel_zero_points(zero_points);
+         } else {
+           d.zero_point(kwarg_int(k, "zero_point", d.zero_point(), "fixed_scale"));
+         }
+         return build<FixedScaleObserverImpl>(o, d);
+       }});
   r.push_back({"clip",
                {"xmin", "xmax", "averaging_constant"},
                true,
@@ -132,7 +151,7 @@ Observer make_observer(const std::string& name, const QuantSpec& spec,
   detail::check_kwargs(kwargs, valid, "observer '" + name + "'");
   TORCH_CHECK(info.per_channel || !spec.per_channel(), "observer '", name,
               "' is per-tensor only; got spec ", spec.str(),
-              ". Per-channel observers: min_max, clip, clip_std, mse");
+              ". Per-channel observers: min_max, clip, clip_std, mse, fixed_scale");
   ObserverOptions common(spec);
   common.skip_nonfinite(detail::kwarg_bool(kwargs, "skip_nonfinite", false, name));
   return info.factory(common, kwargs);

@@ -136,6 +136,7 @@ Trace trace(torch::nn::Module& model, const TraceForward& forward,
       }
     } restore{model, was_training, modes};
     torch::NoGradGuard no_grad;
+    PassThroughScope pass_through;  // observers see nothing, lsq / pact stay as they are
     nn::RecordingScope scope(&recorder);
     outputs = forward(inputs);
   }

@@ -151,6 +151,11 @@ void prepare_qat(torch::nn::Module& model, const QConfig& global, const QConfigO
     module.second->prepare(resolved);
   }
   set_fake_quantize(model, FakeQuantState::QAT);
+  // The model itself need not be owned by a shared_ptr (modules(true) would require it).
+  if (auto* hook = dynamic_cast<PrepareHook*>(&model)) hook->after_prepare();
+  for (const auto& module : model.modules(/*include_self=*/false)) {
+    if (auto* hook = dynamic_cast<PrepareHook*>(module.get())) hook->after_prepare();
+  }
 }
 
 void set_fake_quantize(torch::nn::Module& model, FakeQuantState state) {

@@ -325,6 +325,121 @@ def opset_variants():
           helper.make_node("Softmax", ["h"], ["y0"], axis=1)], [], 19, x, [None])
 
 
+def ort_style_qdq():
+    """A QDQ model as ONNX Runtime's quantize_static writes it (opset 13): uint8 asymmetric
+    activations, int8 weights per output channel, int32 biases at s_x * s_w, Q -> DQ after
+    every op (Relu folded into its Q's zero point, MaxPool / Flatten with their input's
+    parameters), scales from the float model's ranges on random data."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(64, 3, 16, 16, generator=g)
+    w1 = torch.randn(8, 3, 3, 3, generator=g) * 0.3
+    b1 = torch.randn(8, generator=g) * 0.1
+    w2 = torch.randn(16, 8, 3, 3, generator=g) * 0.15
+    b2 = torch.randn(16, generator=g) * 0.1
+    w3 = torch.randn(16, 8, 1, 1, generator=g) * 0.3
+    w4 = torch.randn(10, 16, generator=g) * 0.3
+    b4 = torch.randn(10, generator=g) * 0.1
+
+    def per_channel(w):
+        s = w.abs().reshape(w.shape[0], -1).max(1).values / 127.0
+        q = torch.round(w / s.reshape(-1, *([1] * (w.dim() - 1)))).clamp(-127, 127)
+        return q.to(torch.int8), s.float()
+
+    q1, s1w = per_channel(w1)
+    q2, s2w = per_channel(w2)
+    q3, s3w = per_channel(w3)
+    q4, s4w = per_channel(w4)
+    d = lambda q, s: q.float() * s.reshape(-1, *([1] * (q.dim() - 1)))
+    F = torch.nn.functional
+    # Float model with the dequantized weights: activation ranges.
+    a0 = x
+    a1 = F.relu(F.conv2d(a0, d(q1, s1w), b1, padding=1))
+    a2 = F.max_pool2d(a1, 2)
+    a3 = F.conv2d(a2, d(q2, s2w), b2, padding=1)
+    a4 = F.conv2d(a2, d(q3, s3w))
+    a5 = a3 + a4
+    a6 = torch.sigmoid(a5)
+    a7 = a5 * a6
+    a8 = a7.mean((2, 3), keepdim=True)
+    a9 = a8.flatten(1)
+    a10 = F.linear(a9, d(q4, s4w), b4)
+
+    def uint8(t):
+        lo, hi = min(float(t.min()), 0.0), max(float(t.max()), 0.0)
+        s = np.float32((hi - lo) / 255.0)
+        z = int(np.clip(np.round(-lo / s), 0, 255))
+        return s, z
+
+    params = {n: uint8(t) for n, t in [("in", a0), ("c1", a1), ("c2", a3), ("c3", a4),
+                                        ("add", a5), ("sig", a6), ("mul", a7), ("gap", a8),
+                                        ("fc", a10)]}
+    nodes, inits = [], []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def qdq(src, key, name):
+        s, z = params[key]
+        const(name + "_s", np.array(s, dtype=np.float32))
+        const(name + "_z", np.array(z, dtype=np.uint8))
+        nodes.append(helper.make_node("QuantizeLinear", [src, name + "_s", name + "_z"],
+                                      [name + "_q"], name=name + "_QuantizeLinear"))
+        nodes.append(helper.make_node("DequantizeLinear", [name + "_q", name + "_s", name + "_z"],
+                                      [name + "_dq"], name=name + "_DequantizeLinear"))
+        return name + "_dq"
+
+    def weight(name, q, s, x_key, bias=None, axis=0):
+        const(name + "_w", q.numpy())
+        const(name + "_ws", s.numpy())
+        const(name + "_wz", np.zeros(s.shape, dtype=np.int8))
+        nodes.append(helper.make_node("DequantizeLinear", [name + "_w", name + "_ws", name + "_wz"],
+                                      [name + "_wdq"], axis=axis))
+        out = [name + "_wdq"]
+        if bias is not None:
+            sb = (np.float32(params[x_key][0]) * s.numpy()).astype(np.float32)
+            const(name + "_b", np.round(bias.numpy() / sb).astype(np.int32))
+            const(name + "_bs", sb)
+            const(name + "_bz", np.zeros(sb.shape, dtype=np.int32))
+            nodes.append(helper.make_node("DequantizeLinear",
+                                          [name + "_b", name + "_bs", name + "_bz"],
+                                          [name + "_bdq"], axis=0))
+            out.append(name + "_bdq")
+        return out
+
+    t = qdq("input", "in", "in")
+    nodes.append(helper.make_node("Conv", [t] + weight("conv1", q1, s1w, "in", b1), ["c1"],
+                                  pads=[1, 1, 1, 1], name="conv1"))
+    t = qdq("c1", "c1", "c1")  # zero point 0: the Relu is in the quantization
+    nodes.append(helper.make_node("MaxPool", [t], ["p"], kernel_shape=[2, 2], strides=[2, 2],
+                                  name="pool"))
+    p = qdq("p", "c1", "pool")
+    nodes.append(helper.make_node("Conv", [p] + weight("conv2", q2, s2w, "c1", b2), ["c2"],
+                                  pads=[1, 1, 1, 1], name="conv2"))
+    c2 = qdq("c2", "c2", "c2")
+    nodes.append(helper.make_node("Conv", [p] + weight("conv3", q3, s3w, "c1"), ["c3"],
+                                  name="conv3"))
+    c3 = qdq("c3", "c3", "c3")
+    nodes.append(helper.make_node("Add", [c2, c3], ["add"], name="add"))
+    a = qdq("add", "add", "add")
+    nodes.append(helper.make_node("Sigmoid", [a], ["sig"], name="sigmoid"))
+    sg = qdq("sig", "sig", "sig")
+    nodes.append(helper.make_node("Mul", [a, sg], ["mul"], name="mul"))
+    mu = qdq("mul", "mul", "mul")
+    nodes.append(helper.make_node("GlobalAveragePool", [mu], ["gap"], name="gap"))
+    gp = qdq("gap", "gap", "gap")
+    nodes.append(helper.make_node("Flatten", [gp], ["flat"], axis=1, name="flatten"))
+    fl = qdq("flat", "gap", "flat")
+    nodes.append(helper.make_node("Gemm", [fl] + weight("fc", q4, s4w, "gap", b4), ["fc"],
+                                  transB=1, name="fc"))
+    out = qdq("fc", "fc", "fc")
+    nodes.append(helper.make_node("Identity", [out], ["output"], name="output"))
+    graph = helper.make_graph(nodes, "ort_style_qdq", [vi("input", ["batch", 3, 16, 16])],
+                              [vi("output", ["batch", 10])], inits)
+    save_model("ort_style_qdq.onnx", graph, 13)
+    save_npy("ort_style_qdq.input.npy", x.numpy())
+
+
 def data_files():
     """Arrays and images for the data reader tests, written by numpy / torchvision, with the
     values the readers must return (references)."""
@@ -387,6 +502,7 @@ def main():
     error_models()
     workflow_models()
     opset_variants()
+    ort_style_qdq()
     if not quick:
         vision_models()
     with open(os.path.join(OUT, "manifest.json"), "w") as f:

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -15,6 +16,13 @@
 #include "calq/util/progress.h"
 #include "commands.h"
 #include "config.h"
+
+namespace calq {
+namespace cli {
+/// `calq quantize` (quantize.cpp): adds the subcommand; *run executes it after parsing.
+CLI::App* add_quantize_command(CLI::App& app, std::function<int()>* run);
+}  // namespace cli
+}  // namespace calq
 
 namespace {
 
@@ -190,6 +198,9 @@ int main(int argc, char** argv) {
   add_run_options(*check, config, config_file);
   check->add_option("--qconfig", qconfig_file, "qconfig JSON file (default: calibration recipe)");
 
+  std::function<int()> run_quantize;
+  CLI::App* quantize = calq::cli::add_quantize_command(app, &run_quantize);
+
   CLI11_PARSE(app, argc, argv);
   calq::util::keep_freed_memory_mapped();
   try {
@@ -223,6 +234,7 @@ int main(int argc, char** argv) {
                                       engine, requantization);
     }
     if (chosen == check) return calq::cli::check_command(resolved, qconfig_file);
+    if (chosen == quantize) return run_quantize();
   } catch (const c10::Error& error) {
     std::cerr << error_prefix() << error.what_without_backtrace() << "\n";
     return 1;

@@ -12,20 +12,24 @@
 #include "calq/trace.h"
 
 namespace calq {
+namespace onnx {
+struct ImportedModel;
+}  // namespace onnx
 namespace deploy {
 
 struct ExportOptions {
   /// The target. Default: ONNX Runtime's CPU provider.
   TORCH_ARG(Profile, profile) = ort_cpu_profile();
   /// Names of the model's inputs and outputs in the ONNX graph (defaults "input", "output";
-  /// more than one get an index suffix).
+  /// more than one get an index suffix). Traced models only: an imported model keeps the
+  /// names of its file.
   TORCH_ARG(std::string, input_name) = "input";
   TORCH_ARG(std::string, output_name) = "output";
   /// Leave the first dimension of inputs and outputs symbolic ("batch"). Default true.
   TORCH_ARG(bool, dynamic_batch) = true;
   /// Traced values to make the graph's outputs instead of the model's (e.g. one intermediate
   /// tensor, to compare a runtime's integer result layer by layer without changing its
-  /// fusion). Empty (default): the model's outputs.
+  /// fusion). Empty (default): the model's outputs. Traced models only.
   TORCH_ARG(std::vector<int64_t>, outputs) = {};
 };
 
@@ -60,6 +64,31 @@ ExportReport export_qdq(torch::nn::Module& model, const Trace& trace, const std:
                         const ExportOptions& options = {});
 /// The same model as serialized bytes (an onnx ModelProto).
 std::string export_qdq_bytes(torch::nn::Module& model, const Trace& trace,
+                             const ExportOptions& options = {}, ExportReport* report = nullptr);
+
+/// Writes an imported ONNX model (calq::onnx::import, then fuse / prepare_qat / calibrate like
+/// any model; any state; read only) as QDQ ONNX to `path`, atomically, walking its graph
+/// instead of a trace. Layers, Q/DQ, weights and biases follow the same rules as for traced
+/// models: Conv blocks keep their node's attributes (asymmetric and automatic pads included),
+/// Linear from Gemm is written as Gemm (transB = 1), Linear from MatMul as MatMul with the
+/// [K, N] weight (DequantizeLinear axis 1) and an Add for the bias, ConvTranspose2d with its
+/// weight's output channels on axis 1. Every other node is written as its ONNX operator(s)
+/// with the node's attributes (fused SiLU / HardSwish / GELU as their ONNX ops), in float, a
+/// Q -> DQ after it where it is a quantization point; value-moving ops (Reshape, MaxPool,
+/// Slice, ...) keep their input's quantization, with a Q -> DQ of the same parameters after
+/// them; shape computations are written again as they were (dynamic batch sizes keep
+/// working). The opset is the profile's or the file's, whichever is higher; attributes that
+/// became inputs at opset 13 (Squeeze/Unsqueeze axes, Split split, ReduceSum axes) and
+/// Softmax / LogSoftmax of opsets < 13 are converted. `example_inputs` (one per graph input,
+/// e.g. one calibration sample) are run once with every quantizer in VALIDATION and the model
+/// in eval mode (states restored afterwards) for the shapes and element types of the values.
+/// Throws naming the node for what ONNX cannot express.
+ExportReport export_qdq(const onnx::ImportedModel& model,
+                        const std::vector<at::Tensor>& example_inputs, const std::string& path,
+                        const ExportOptions& options = {});
+/// The same model as serialized bytes.
+std::string export_qdq_bytes(const onnx::ImportedModel& model,
+                             const std::vector<at::Tensor>& example_inputs,
                              const ExportOptions& options = {}, ExportReport* report = nullptr);
 
 }  // namespace deploy

@@ -15,10 +15,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "calq/nn/quant_module.h"
+#include "calq/workflow.h"
 
 namespace calq {
 namespace graph {
@@ -69,9 +71,12 @@ struct Node {
 /// Constants (weights of float operations, shapes, learned tokens) are registered on the
 /// graph as parameters (trainable) or buffers, under unique sanitized names, so that they are
 /// saved, loaded, copied by copy_float_state and trained like any module state.
-class GraphImpl : public torch::nn::Module {
+class GraphImpl : public torch::nn::Module, public PrepareHook {
  public:
   GraphImpl() = default;
+
+  /// Called by prepare_qat: link_input_quantizers(*this).
+  void after_prepare() override;
 
   /// Declares the next graph input (forward's inputs in declaration order). Throws on a name
   /// already defined.
@@ -132,6 +137,23 @@ class GraphImpl : public torch::nn::Module {
   std::vector<size_t> input_slots_, output_slots_;
   std::vector<std::pair<size_t, at::Tensor>> constant_slots_;
 };
+
+/// ONNX operators that move values without computing new ones (Reshape, Transpose, Slice,
+/// MaxPool, nearest Resize, ...): every output value is one of the first input's values, so
+/// it lies on that input's quantization grid. Graph nodes of these types (FloatFunction,
+/// not quantization points) pass their input's quantization through.
+const std::set<std::string>& pass_through_op_types();
+/// Whether `node` is such a node (a Resize only in "nearest" mode).
+bool is_pass_through(const Node& node);
+
+/// For every node whose module has a weight, records the quantizer of its data input (its
+/// first input) with QuantModuleImpl::set_input_quantizer: the output quantizer of the node
+/// that produced the value, looking through pass-through nodes (is_pass_through) to their
+/// first input; empty for a graph input that no stub quantizes or a float value. Weighted
+/// modules then add their bias in VALIDATION as the deployed integer kernel does (int32 at
+/// s_x * s_w). The graph analogue of calq::link_input_quantizers(Trace); prepare_qat calls it
+/// (GraphImpl::after_prepare). Returns how many modules were linked to a quantizer.
+int64_t link_input_quantizers(GraphImpl& graph);
 
 }  // namespace graph
 }  // namespace calq

@@ -40,5 +40,13 @@ class ConvTranspose2dImpl : public QuantModuleImpl {
 };
 TORCH_MODULE(ConvTranspose2d);
 
+/// A transposed-convolution weight [in, out / groups, kH, kW] viewed per output channel:
+/// [out, in / groups, kH, kW] (per group, the channel axes swapped), the layout its weight
+/// quantizer sees.
+at::Tensor conv_transpose_output_major(const at::Tensor& weight, int64_t groups);
+/// The inverse: [out, in / groups, kH, kW] -> [in, out / groups, kH, kW].
+at::Tensor conv_transpose_input_major(const at::Tensor& weight, int64_t groups,
+                                      int64_t in_channels);
+
 }  // namespace nn
 }  // namespace calq

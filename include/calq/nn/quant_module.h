@@ -36,11 +36,6 @@ class RecordingScope {
   CallRecorder* previous_;
 };
 
-/// True while calq::trace runs on this thread. Quantizers then pass values through and
-/// observe nothing: a trace records structure, and an example input (often zeros) must not
-/// become part of a calibration.
-bool recording();
-
 /// A quantizable module. Until prepared it computes exactly what its torch::nn counterpart
 /// computes. prepare() registers up to two FakeQuantize children:
 ///   "weight_fake_quant" (modules with a weight, when the qconfig has a weight recipe) and

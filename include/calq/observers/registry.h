@@ -18,7 +18,8 @@ struct ObserverInfo {
   std::string name;
   /// Keyword arguments the observer accepts (besides the common "skip_nonfinite").
   std::vector<std::string> keys;
-  /// Whether a per-channel spec is supported (min_max, clip, clip_std, mse).
+  /// Whether a per-channel spec is supported (min_max, clip, clip_std, mse, fixed_scale with
+  /// one scale per channel).
   bool per_channel;
   std::function<Observer(const ObserverOptions&, const nlohmann::json&)> factory;
 };

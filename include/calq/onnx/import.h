@@ -37,6 +37,21 @@ struct ImportOptions {
   TORCH_ARG(bool, check_shapes) = true;
   /// Run libonnx's checker (opsets <= 17) after calq's own validation. Default true.
   TORCH_ARG(bool, run_checker) = true;
+  /// QDQ models (QuantizeLinear / DequantizeLinear of the default domain or com.microsoft;
+  /// uint8, int8, uint16, int16; per tensor, and per axis for weights), e.g. written by
+  /// calq::deploy::export_qdq or ONNX Runtime's quantize_static. true (default): every
+  /// Q -> DQ pair on an activation becomes a fixed fake quantizer (the fixed_scale observer
+  /// with the file's scale and zero point; a Clip to grid levels after it narrows the range)
+  /// of the module that produces the value (a QuantStub of its own after a pass-through op),
+  /// every weight given as integers + DequantizeLinear becomes the float weight it represents
+  /// with a fixed weight quantizer, and every module's own qconfig (QuantModuleImpl::qconfig,
+  /// which wins in prepare_qat) holds these, float where the file has no Q/DQ: after
+  /// prepare_qat (any qconfig) and set_fake_quantize(VALIDATION) the graph computes what the
+  /// file computes, and QAT fine-tunes it. false: the pairs are dropped and the weights
+  /// dequantized, a float model to calibrate anew. Pairs with per-axis activation scales or
+  /// different parameters on the two sides, and lone Q or DQ nodes, are computed by their
+  /// kernels (ONNX Runtime's arithmetic) either way.
+  TORCH_ARG(bool, keep_qdq) = true;
 };
 
 /// A graph input as declared in the file.
@@ -73,6 +88,9 @@ struct ImportedModel {
   int64_t opset = 0;
   int64_t ir_version = 0;
   std::string producer;
+  /// A QDQ model read with ImportOptions::keep_qdq: every module carries the file's
+  /// quantization as its own qconfig.
+  bool qdq = false;
   /// Every ONNX node in graph order.
   std::vector<NodeMapping> nodes;
 

@@ -21,6 +21,7 @@
 #include "calq/onnx/import.h"
 #include "onnx/import/geometry.h"
 #include "onnx/import/kernels.h"
+#include "onnx/import/qdq.h"
 
 namespace calq {
 namespace onnx {
@@ -68,15 +69,6 @@ std::string float_type_name(const std::string& op) {
   return it == names.end() ? op : it->second;
 }
 
-const std::set<std::string>& pass_through_ops() {
-  static const std::set<std::string> ops = {
-      "Identity",     "Dropout",      "Reshape",   "Flatten",  "Transpose",
-      "Squeeze",      "Unsqueeze",    "Slice",     "Split",    "Gather",
-      "Expand",       "Tile",         "Pad",       "MaxPool",  "GlobalMaxPool",
-      "DepthToSpace", "SpaceToDepth", "ReduceMax", "ReduceMin"};
-  return ops;
-}
-
 struct Group {
   std::string op_type;        // "Conv+BatchNormalization+Relu"
   std::vector<size_t> nodes;  // indices into model.nodes
@@ -86,6 +78,12 @@ struct Group {
   // A layer norm written out (opsets < 17): scale and shift constants, epsilon.
   std::string ln_scale, ln_shift;
   double ln_eps = 1e-5;
+  // QDQ models: the output quantizer a Q -> DQ pair after the group gives it, and that
+  // pair's nodes (implemented by the group's output quantizer). A stub is a QuantStub made
+  // for a pair no module's output holds (after a pass-through op).
+  c10::optional<detail::FixedQuant> fixed_activation;
+  std::vector<size_t> quantizer_nodes;
+  bool stub = false;
   // Filled when building:
   std::shared_ptr<torch::nn::Module> module;
   NodeFunction function;
@@ -94,13 +92,16 @@ struct Group {
 
 class Importer {
  public:
-  Importer(const Model& model, const ImportOptions& options) : m_(model), options_(options) {}
+  Importer(const Model& model, const ImportOptions& options)
+      : m_(model), options_(options), nodes_(model.nodes) {}
 
   ImportedModel run() {
     fold_constants();
     find_activations();
     index_consumers();
+    read_qdq();
     form_groups();
+    assign_fixed_quantizers();
     decide_quantization_points();
     return build();
   }
@@ -111,9 +112,9 @@ class Importer {
   void fold_constants() {
     for (const auto& entry : m_.initializers)
       constants_[entry.first] = detail::to_tensor(entry.second);
-    folded_.assign(m_.nodes.size(), false);
-    for (size_t i = 0; i < m_.nodes.size(); ++i) {
-      const Node& node = m_.nodes[i];
+    folded_.assign(nodes_.size(), false);
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      const Node& node = nodes_[i];
       bool all_constant = true;
       for (const auto& in : node.inputs) {
         if (!in.empty() && constants_.count(in) == 0) all_constant = false;
@@ -138,6 +139,8 @@ class Importer {
       for (size_t k = 0; k < node.outputs.size(); ++k) {
         if (!node.outputs[k].empty()) constants_[node.outputs[k]] = outputs[k].contiguous();
       }
+      // A constant dequantized (a weight of a QDQ model): remember its quantization.
+      if (auto w = detail::weight_quant_of(node, inputs)) weight_quant_[node.outputs[0]] = *w;
       folded_[i] = true;
     }
   }
@@ -148,9 +151,9 @@ class Importer {
   // 2. Activations.
   void find_activations() {
     for (const auto& in : m_.inputs) activations_.insert(in.name);
-    for (size_t i = 0; i < m_.nodes.size(); ++i) {
+    for (size_t i = 0; i < nodes_.size(); ++i) {
       if (folded_[i]) continue;
-      const Node& node = m_.nodes[i];
+      const Node& node = nodes_[i];
       if (node.op_type == "Shape" || node.op_type == "Size") continue;
       bool active = false;
       for (const auto& in : node.inputs) active = active || activations_.count(in) > 0;
@@ -163,23 +166,62 @@ class Importer {
   bool is_activation(const std::string& v) const { return activations_.count(v) > 0; }
 
   void index_consumers() {
-    for (size_t i = 0; i < m_.nodes.size(); ++i) {
+    consumers_.clear();
+    for (size_t i = 0; i < nodes_.size(); ++i) {
       if (folded_[i]) continue;
-      for (const auto& in : m_.nodes[i].inputs) {
+      for (const auto& in : nodes_[i].inputs) {
         if (!in.empty()) consumers_[in].push_back(i);
       }
     }
     for (const auto& out : m_.outputs) graph_outputs_.insert(out.name);
   }
 
+  // QDQ models: Q -> DQ pairs on activations are taken out of the graph (their readers read
+  // the float value) and remembered as fixed quantizers of that value (ImportOptions::
+  // keep_qdq), then given to the module that produces it (assign_fixed_quantizers).
+  void read_qdq() {
+    const auto pairs =
+        detail::find_qdq_pairs(nodes_, folded_, constants_, activations_, graph_outputs_);
+    for (const auto& pair : pairs) {
+      for (size_t n : pair.nodes) {
+        folded_[n] = true;
+        pair_of_node_[n] = pair.input;
+      }
+      pair_nodes_[pair.input] = pair.nodes;
+      if (options_.keep_qdq()) fixed_[pair.input] = pair.quant;
+      for (const auto& view : pair.views) {
+        if (graph_outputs_.count(view) == 0) continue;
+        alias_[view] = pair.input;  // the graph output is the quantized value
+        graph_outputs_.insert(pair.input);
+      }
+    }
+    qdq_model_ = options_.keep_qdq() && (!pairs.empty() || !weight_quant_.empty());
+    index_consumers();
+  }
+
+  // Whether fusing the reader of `v` into v's group would hide a fixed quantizer of the file
+  // on v. Allowed only into a Relu / Clip(0, 6) whose output has the same quantizer (calq
+  // writes op -> Q -> DQ -> Relu -> Q -> DQ; quantizing before and after such an activation
+  // equals quantizing after it).
+  bool hides_quantizer(const std::string& v) const {
+    auto fixed = fixed_.find(v);
+    if (fixed == fixed_.end()) return false;
+    auto it = consumers_.find(v);
+    if (it == consumers_.end() || it->second.size() != 1) return true;
+    const Node& c = nodes_[it->second[0]];
+    if (!(c.op_type == "Relu" || is_relu6(c)) || c.inputs[0] != v) return true;
+    auto after = fixed_.find(c.outputs[0]);
+    return after == fixed_.end() || after->second != fixed->second;
+  }
+
   // The only consumer of value v (nullptr if it has several, none, or is a graph output).
   const Node* sole_consumer(const std::string& v, size_t* index = nullptr) const {
-    if (graph_outputs_.count(v) > 0) return nullptr;
+    if (graph_outputs_.count(v) > 0 || hides_quantizer(v)) return nullptr;
     auto it = consumers_.find(v);
     if (it == consumers_.end() || it->second.size() != 1) return nullptr;
     if (taken_.count(it->second[0]) > 0) return nullptr;
     if (index != nullptr) *index = it->second[0];
-    return &m_.nodes[it->second[0]];
+    return &nodes_[it->second[0]];
   }
 
   // Scalar value of a constant (nullopt when not a one-element constant).
@@ -217,9 +259,9 @@ class Importer {
   }
 
   void form_groups() {
-    for (size_t i = 0; i < m_.nodes.size(); ++i) {
+    for (size_t i = 0; i < nodes_.size(); ++i) {
       if (folded_[i] || taken_.count(i) > 0) continue;
-      const Node& node = m_.nodes[i];
+      const Node& node = nodes_[i];
       Group g;
       take(g, i);
       g.inputs = node.inputs;
@@ -233,7 +275,7 @@ class Importer {
       } else {
         classify(node, g);
       }
-      if (g.outputs.empty()) g.outputs = m_.nodes[g.nodes.back()].outputs;
+      if (g.outputs.empty()) g.outputs = nodes_[g.nodes.back()].outputs;
       // calq modules give one output: a fused BatchNormalization's unused running-statistics
       // outputs (training-mode exports) are dropped.
       if ((g.role == Role::weighted || g.role == Role::quantized) && g.outputs.size() > 1) {
@@ -279,8 +321,10 @@ class Importer {
       g.data_inputs = {0};
       std::string out = node.outputs[0];
       const Node* c = sole_consumer(out, &next);
+      // A weight of a QDQ model keeps its quantization: batch norm is not folded into it.
+      const bool fixed_weight = qdq_model_ && weight_quant_.count(node.inputs[1]) > 0;
       if (c != nullptr && c->op_type == "BatchNormalization" && c->inputs[0] == out &&
-          bn_foldable(*c)) {
+          bn_foldable(*c) && !fixed_weight) {
         take(g, next);
         g.op_type += "+BatchNormalization";
         out = c->outputs[0];
@@ -375,6 +419,7 @@ class Importer {
       return false;
     }
     const std::string& d = sub->outputs[0];
+    if (fixed_.count(d) > 0) return false;
     auto readers = consumers_.find(d);
     if (readers == consumers_.end() || readers->second.size() != 2 || graph_outputs_.count(d)) {
       return false;
@@ -382,7 +427,7 @@ class Importer {
     const Node* pow = nullptr;
     const Node* div = nullptr;
     for (size_t r : readers->second) {
-      const Node& n = m_.nodes[r];
+      const Node& n = nodes_[r];
       if (n.op_type == "Pow" && n.inputs[0] == d && near(scalar(n.inputs[1]), 2.0, 0)) {
         pow = &n;
         pow_i = r;
@@ -427,7 +472,7 @@ class Importer {
     if (shift != nullptr) take(g, shift_i);
     g.op_type = "ReduceMean+Sub+Pow+ReduceMean+Add+Sqrt+Div+Mul" + std::string(shift ? "+Add" : "");
     g.inputs = {x};
-    g.outputs = m_.nodes[g.nodes.back()].outputs;
+    g.outputs = nodes_[g.nodes.back()].outputs;
     g.role = Role::float_op;
     g.data_inputs = {0};
     g.ln_scale = scale;
@@ -493,8 +538,8 @@ class Importer {
       g.role = Role::quantized;
     } else if (op == "LayerNormalization" && layer_norm_liftable(node)) {
       g.role = Role::float_op;  // calq::nn::LayerNorm, a float op with parameters
-    } else if (pass_through_ops().count(op) > 0 ||
-               (op == "Resize" && node.attr_string("mode", "nearest") == "nearest")) {
+    } else if (op == "Resize" ? node.attr_string("mode", "nearest") == "nearest"
+                              : graph::pass_through_op_types().count(op) > 0) {
       g.role = Role::pass_through;
     } else {
       g.role = Role::float_op;
@@ -519,6 +564,112 @@ class Importer {
 
   // ---------------------------------------------------------------------------------------
   // 4. Quantization points of float operations.
+  // QDQ models: each fixed quantizer goes to the group whose single output it quantizes, as
+  // that module's output quantizer. A graph input's goes to its input stub; a value that no
+  // such group produces (the output of a pass-through op) gets a QuantStub of its own right
+  // after its producer; a value inside a fused group (before an equal activation's pair, see
+  // hides_quantizer) needs none.
+  void assign_fixed_quantizers() {
+    if (fixed_.empty()) return;
+    std::map<std::string, size_t> producer;
+    std::map<size_t, size_t> group_of_node;
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      for (const auto& out : groups_[gi].outputs) {
+        if (!out.empty()) producer[out] = gi;
+      }
+      for (size_t n : groups_[gi].nodes) group_of_node[n] = gi;
+    }
+    std::set<std::string> inputs;
+    for (const auto& in : m_.inputs) inputs.insert(in.name);
+    std::vector<std::pair<size_t, Group>> stubs;
+    for (const auto& entry : fixed_) {
+      const std::string& x = entry.first;
+      const std::vector<size_t>& pair = pair_nodes_.at(x);
+      if (inputs.count(x) > 0) {
+        input_fixed_[x] = entry.second;
+        continue;
+      }
+      auto p = producer.find(x);
+      if (p == producer.end()) {
+        for (size_t n = 0; n < nodes_.size(); ++n) {
+          const auto& outs = nodes_[n].outputs;
+          if (std::find(outs.begin(), outs.end(), x) == outs.end()) continue;
+          auto g = group_of_node.find(n);
+          if (g != group_of_node.end()) {
+            auto& q = groups_[g->second].quantizer_nodes;
+            q.insert(q.end(), pair.begin(), pair.end());
+          }
+        }
+        continue;
+      }
+      Group& g = groups_[p->second];
+      size_t outputs = 0;
+      for (const auto& out : g.outputs) outputs += out.empty() ? 0 : 1;
+      const bool holds =
+          (g.role == Role::weighted || g.role == Role::quantized || g.role == Role::float_op) &&
+          outputs == 1 && !g.fixed_activation;
+      if (holds) {
+        g.fixed_activation = entry.second;
+        g.quantizer_nodes.insert(g.quantizer_nodes.end(), pair.begin(), pair.end());
+        continue;
+      }
+      Group stub;
+      stub.op_type = "QuantizeLinear+DequantizeLinear";
+      stub.nodes = pair;
+      stub.inputs = {x};
+      stub.outputs = {x + ":quantized"};
+      stub.role = Role::quantized;
+      stub.data_inputs = {0};
+      stub.fixed_activation = entry.second;
+      stub.stub = true;
+      alias_[x] = stub.outputs[0];  // every reader of x read the pair's output
+      stubs.emplace_back(p->second, std::move(stub));
+    }
+    std::stable_sort(stubs.begin(), stubs.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (auto& s : stubs) {
+      groups_.insert(groups_.begin() + static_cast<std::ptrdiff_t>(s.first) + 1,
+                     std::move(s.second));
+    }
+  }
+
+  // The fixed weight recipe of a weighted group whose weight a DequantizeLinear gave
+  // (nullopt: the weight stays float, its values exactly the file's).
+  c10::optional<FakeQuantConfig> fixed_weight_recipe(const Group& g) const {
+    const Node& first = nodes_[g.nodes.front()];
+    if (!first.has_input(1)) return c10::nullopt;
+    auto w = weight_quant_.find(first.inputs[1]);
+    if (w == weight_quant_.end()) return c10::nullopt;
+    const at::Tensor& weight = constants_.at(first.inputs[1]);
+    const int64_t rank = weight.dim();
+    if (first.op_type == "Conv") return detail::weight_recipe(w->second, 0, rank, weight.size(0));
+    if (first.op_type == "ConvTranspose") {
+      return detail::weight_recipe(w->second, 1, rank, weight.size(1) * first.attr_int("group", 1));
+    }
+    if (first.op_type == "Gemm") {
+      // The module's weight is alpha * B': a fixed grid only without the factor.
+      if (first.attr_float("alpha", 1.0) != 1.0) return c10::nullopt;
+      const bool trans_b = first.attr_int("transB", 0) != 0;
+      return detail::weight_recipe(w->second, trans_b ? 0 : 1, rank,
+                                   trans_b ? weight.size(0) : weight.size(1));
+    }
+    if (first.op_type == "MatMul") return detail::weight_recipe(w->second, 1, rank, weight.size(1));
+    return c10::nullopt;
+  }
+
+  // A QDQ model's module computes what the file says: its own qconfig holds the file's fixed
+  // quantizers, and float where the file has none.
+  void set_own_qconfig(torch::nn::Module& module, const c10::optional<detail::FixedQuant>& output,
+                       const c10::optional<FakeQuantConfig>& weight) const {
+    if (!qdq_model_) return;
+    auto* q = dynamic_cast<nn::QuantModuleImpl*>(&module);
+    if (q == nullptr) return;
+    QConfig own;
+    if (output) own.activation = detail::activation_recipe(*output);
+    own.weight = weight;
+    q->qconfig = own;
+  }
+
   void decide_quantization_points() {
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       for (const auto& out : groups_[gi].outputs) {
@@ -553,9 +704,13 @@ class Importer {
 
   // ---------------------------------------------------------------------------------------
   // 5. The graph.
-  std::string value(const std::string& v) const {
-    auto it = alias_.find(v);
-    return it == alias_.end() ? v : it->second;
+  std::string value(std::string v) const {
+    for (size_t step = 0; step <= alias_.size(); ++step) {
+      auto it = alias_.find(v);
+      if (it == alias_.end()) break;
+      v = it->second;
+    }
+    return v;
   }
 
   // Registers constant v on the graph the first time a node reads it.
@@ -572,6 +727,7 @@ class Importer {
     ImportedModel result;
     result.opset = m_.opset;
     result.ir_version = m_.ir_version;
+    result.qdq = qdq_model_;
     result.producer =
         m_.producer_name + (m_.producer_version.empty() ? "" : " " + m_.producer_version);
     for (const auto& in : m_.inputs) {
@@ -601,35 +757,51 @@ class Importer {
       stub.function = [](torch::nn::Module& m, const std::vector<at::Tensor>& x) {
         return std::vector<at::Tensor>{static_cast<nn::QuantStubImpl&>(m).forward(x[0])};
       };
+      auto fixed = input_fixed_.find(in.name);
+      set_own_qconfig(
+          *stub.module,
+          fixed == input_fixed_.end() ? c10::nullopt : c10::make_optional(fixed->second),
+          c10::nullopt);
+      if (fixed != input_fixed_.end()) {
+        for (size_t n : pair_nodes_.at(in.name)) {
+          stub.source_nodes.push_back(nodes_[n].name);
+          module_of[nodes_[n].name] = name;
+        }
+      }
       graph_->add_node(std::move(stub));
       alias_[in.name] = in.name + ":quantized";
     }
     for (auto& g : groups_) {
-      const Node& first = m_.nodes[g.nodes.front()];
+      const Node& first = nodes_[g.nodes.front()];
       g.module_name = graph_->unique_name(first.name);
       build_group(g);
       graph::Node node;
       node.name = g.module_name;
       node.op_type = g.op_type;
-      for (size_t i : g.nodes) node.source_nodes.push_back(m_.nodes[i].name);
+      for (size_t i : g.nodes) node.source_nodes.push_back(nodes_[i].name);
+      for (size_t i : g.quantizer_nodes) node.source_nodes.push_back(nodes_[i].name);
       node.attributes = attributes_of(first);
-      for (const auto& in : g.inputs) node.inputs.push_back(value(in));
+      // A stub reads the value itself (its readers are aliased to the stub's output).
+      for (const auto& in : g.inputs) node.inputs.push_back(g.stub ? in : value(in));
       node.outputs = g.outputs;
       node.module = g.module;
       node.function = g.function;
+      set_own_qconfig(*g.module, g.fixed_activation,
+                      g.role == Role::weighted ? fixed_weight_recipe(g) : c10::nullopt);
       for (const auto& in : g.inputs) use_constant(in, trainable_input(g, in));
       graph_->add_node(std::move(node));
-      for (size_t i : g.nodes) module_of[m_.nodes[i].name] = g.module_name;
+      for (size_t i : g.nodes) module_of[nodes_[i].name] = g.module_name;
+      for (size_t i : g.quantizer_nodes) module_of[nodes_[i].name] = g.module_name;
     }
     for (const auto& out : m_.outputs) {
       use_constant(out.name, false);
       graph_->add_output(value(out.name));
       result.outputs.push_back(out.name);
     }
-    for (size_t i = 0; i < m_.nodes.size(); ++i) {
+    for (size_t i = 0; i < nodes_.size(); ++i) {
       NodeMapping mapping;
-      mapping.onnx_name = m_.nodes[i].name;
-      mapping.op_type = m_.nodes[i].op_type;
+      mapping.onnx_name = nodes_[i].name;
+      mapping.op_type = nodes_[i].op_type;
       auto it = module_of.find(mapping.onnx_name);
       if (it != module_of.end()) {
         mapping.module = it->second;
@@ -652,7 +824,7 @@ class Importer {
   }
 
   bool trainable_input(const Group& g, const std::string& v) const {
-    const std::string& op = m_.nodes[g.nodes.front()].op_type;
+    const std::string& op = nodes_[g.nodes.front()].op_type;
     static const std::set<std::string> data_ops = {"Add",    "Sub",   "Mul",   "Div",   "Concat",
                                                    "MatMul", "PRelu", "Where", "Expand"};
     if (data_ops.count(op) > 0) return true;
@@ -714,7 +886,7 @@ class Importer {
   }
 
   void build_group(Group& g) {
-    const Node& first = m_.nodes[g.nodes.front()];
+    const Node& first = nodes_[g.nodes.front()];
     const std::string& op = first.op_type;
     try {
       switch (g.role) {
@@ -739,9 +911,10 @@ class Importer {
   }
 
   void build_float_op(Group& g) {
-    const Node& first = m_.nodes[g.nodes.front()];
+    const Node& first = nodes_[g.nodes.front()];
     bool qp = false;
     for (const auto& out : g.outputs) qp = qp || (!out.empty() && feeds_quantized(out));
+    if (qdq_model_) qp = g.fixed_activation.has_value();  // the file says where
     if (g.op_type == "Sigmoid+Mul") {
       make_float_function(
           g, "SiLU",
@@ -809,8 +982,15 @@ class Importer {
   }
 
   void build_quantized(Group& g) {
-    const Node& first = m_.nodes[g.nodes.front()];
+    const Node& first = nodes_[g.nodes.front()];
     const std::string& op = first.op_type;
+    if (g.stub) {
+      g.module = nn::QuantStub().ptr();
+      g.function = [](torch::nn::Module& m, const std::vector<at::Tensor>& in) {
+        return std::vector<at::Tensor>{static_cast<nn::QuantStubImpl&>(m).forward(in[0])};
+      };
+      return;
+    }
     if (op == "Add") {
       if (g.nodes.size() == 2) {
         g.module = nn::AddReLU().ptr();
@@ -892,7 +1072,7 @@ class Importer {
   }
 
   void build_average_pool(Group& g) {
-    const Node& node = m_.nodes[g.nodes.front()];
+    const Node& node = nodes_[g.nodes.front()];
     const auto kernel = node.attr_ints("kernel_shape", {});
     const bool two_d = kernel.size() == 2;
     if (two_d) {
@@ -921,7 +1101,7 @@ class Importer {
   }
 
   void build_conv(Group& g) {
-    const Node& conv = m_.nodes[g.nodes[0]];
+    const Node& conv = nodes_[g.nodes[0]];
     const at::Tensor& w = constants_.at(conv.inputs[1]);
     const int64_t group = conv.attr_int("group", 1);
     TORCH_CHECK(w.numel() > 0, conv.describe(), ": the weight ", w.sizes(), " is empty");
@@ -950,7 +1130,7 @@ class Importer {
     const Node* bn = nullptr;
     std::string activation;
     for (size_t k = 1; k < g.nodes.size(); ++k) {
-      const Node& n = m_.nodes[g.nodes[k]];
+      const Node& n = nodes_[g.nodes[k]];
       if (n.op_type == "BatchNormalization")
         bn = &n;
       else
@@ -1006,7 +1186,7 @@ class Importer {
   }
 
   void build_conv_transpose(Group& g) {
-    const Node& node = m_.nodes[g.nodes[0]];
+    const Node& node = nodes_[g.nodes[0]];
     const at::Tensor& w = constants_.at(node.inputs[1]);
     const int64_t group = node.attr_int("group", 1);
     TORCH_CHECK(w.numel() > 0, node.describe(), ": the weight ", w.sizes(), " is empty");
@@ -1057,7 +1237,7 @@ class Importer {
   }
 
   void build_linear(Group& g) {
-    const Node& node = m_.nodes[g.nodes[0]];
+    const Node& node = nodes_[g.nodes[0]];
     at::Tensor weight, bias;
     if (node.op_type == "Gemm") {
       const at::Tensor& b = constants_.at(node.inputs[1]);
@@ -1072,7 +1252,7 @@ class Importer {
     }
     bool relu = false;
     for (size_t k = 1; k < g.nodes.size(); ++k) {
-      const Node& n = m_.nodes[g.nodes[k]];
+      const Node& n = nodes_[g.nodes[k]];
       if (n.op_type == "Add") {
         bias = constants_.at(other_operand(n, node.outputs[0])).reshape({-1});
       } else if (n.op_type == "Relu") {
@@ -1145,6 +1325,14 @@ class Importer {
   std::map<std::string, std::vector<std::pair<size_t, size_t>>> readers_;
   std::map<std::string, std::string> alias_;
   graph::Graph graph_{nullptr};
+  // QDQ models.
+  std::vector<Node> nodes_;  // the model's nodes, readers of Q -> DQ pairs rewired
+  std::map<std::string, detail::WeightQuant> weight_quant_;  // dequantized constants
+  std::map<std::string, detail::FixedQuant> fixed_;          // value -> its pair's quantizer
+  std::map<std::string, std::vector<size_t>> pair_nodes_;    // value -> its pair's nodes
+  std::map<size_t, std::string> pair_of_node_;
+  std::map<std::string, detail::FixedQuant> input_fixed_;
+  bool qdq_model_ = false;
 };
 
 }  // namespace

@@ -16,6 +16,7 @@ const KernelTable& kernel_table() {
     add_shape_kernels(t);
     add_reduce_kernels(t);
     add_resize_kernels(t);
+    add_quantize_kernels(t);
     return t;
   }();
   return table;

@@ -34,6 +34,7 @@ void add_layer_kernels(KernelTable& table);
 void add_shape_kernels(KernelTable& table);
 void add_reduce_kernels(KernelTable& table);
 void add_resize_kernels(KernelTable& table);
+void add_quantize_kernels(KernelTable& table);
 
 // Helpers shared by the kernel files.
 

@@ -159,6 +159,9 @@ std::vector<OperatorSchema> build_schemas() {
       op("Constant", 0, 0, 1, 1, "value:t value_float:f value_floats:fs value_int:i value_ints:is"),
       op("ConstantOfShape", 1, 1, 1, 1, "value:t"),
       op("Range", 3, 3, 1, 1),
+      // Quantization (QDQ models; also in domain com.microsoft, see validate_support).
+      op("QuantizeLinear", 2, 3, 1, 1, "axis:i block_size:i output_dtype:i saturate:i"),
+      op("DequantizeLinear", 2, 3, 1, 1, "axis:i block_size:i"),
   };
   std::sort(v.begin(), v.end(),
             [](const OperatorSchema& a, const OperatorSchema& b) { return a.op_type < b.op_type; });
@@ -180,11 +183,21 @@ const OperatorSchema* find_schema(const std::string& op_type) {
   return it != table.end() && it->op_type == op_type ? &*it : nullptr;
 }
 
+bool is_contrib_quantization(const Node& node) {
+  return node.domain == kContribDomain &&
+         (node.op_type == "QuantizeLinear" || node.op_type == "DequantizeLinear");
+}
+
 void validate_support(const Node& node) {
-  TORCH_CHECK(node.domain.empty(), "unsupported operator: ", node.describe(), " is in domain '",
-              node.domain, "'; calq supports the default ONNX domain only, operators: ",
-              supported_operator_list());
+  TORCH_CHECK(node.domain.empty() || is_contrib_quantization(node),
+              "unsupported operator: ", node.describe(), " is in domain '", node.domain,
+              "'; calq supports the default ONNX domain (and QuantizeLinear / DequantizeLinear "
+              "of ",
+              kContribDomain, "), operators: ", supported_operator_list());
   const OperatorSchema* schema = find_schema(node.op_type);
+  // ONNX Runtime's contrib Q/DQ (version 1): the default domain's operators with 16-bit types
+  // at any opset.
+  if (is_contrib_quantization(node)) return;
   TORCH_CHECK(schema != nullptr, "unsupported operator: ", node.describe(),
               "; supported operators: ", supported_operator_list());
   TORCH_CHECK(node.opset >= schema->since_opset && node.opset <= schema->until_opset,

@@ -27,6 +27,12 @@ struct OperatorSchema {
   std::map<std::string, Attribute::Kind> attributes;
 };
 
+/// ONNX Runtime's contrib domain, whose QuantizeLinear / DequantizeLinear (16-bit types at
+/// any opset) calq reads besides the default domain.
+constexpr const char* kContribDomain = "com.microsoft";
+/// Whether `node` is one of those two.
+bool is_contrib_quantization(const Node& node);
+
 /// The schema of `op_type`, or nullptr when calq does not implement it.
 const OperatorSchema* find_schema(const std::string& op_type);
 /// Every schema, sorted by op type.
