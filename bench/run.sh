@@ -10,7 +10,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-valid_suites="kernels observers workflow compare deploy"
+valid_suites="kernels observers workflow compare deploy distributed"
 
 usage() {
   echo "usage: bench/run.sh SUITE [--json FILE] [suite flags]; valid suites: ${valid_suites}" >&2
@@ -49,6 +49,12 @@ case "${suite}" in
     # float inference, ONNX Runtime latency of the int8 export vs the float model
     # (bench/deploy.py)
     target="calq_cli calq_deploy_bench calq_deploy_zoo_bench"
+    ;;
+  distributed)
+    # data-parallel QAT: parameters and bytes all-reduced per step of every zoo model, QAT
+    # step time at 1 process x 1 and 2 threads and 2 processes x 1 thread (same global batch),
+    # all-reduce time between 2 local processes (docs/distributed.md)
+    target="calq_distributed_bench"
     ;;
   -h | --help)
     usage

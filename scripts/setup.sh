@@ -11,10 +11,11 @@ mode="${1:-test}"
 # libopenblas0-openmp: Debian's libtorch calls the system BLAS, which is the slow reference
 # implementation unless an optimized one is installed (2.4x faster training measured here).
 # libonnx/protobuf read and write ONNX models (docs/onnx.md, docs/deploy.md); libstb decodes
-# image folders.
+# image folders. libgloo-dev: the headers of the collectives library behind LibTorch's
+# ProcessGroupGloo (calq --nproc, calq::distributed); the library itself comes with libtorch.
 packages=(cmake g++ make ccache libtorch-dev libcli11-dev nlohmann-json3-dev libfmt-dev
           zlib1g-dev dataset-fashion-mnist libopenblas0-openmp libonnx-dev libprotobuf-dev
-          libstb-dev)
+          libstb-dev libgloo-dev)
 case "${mode}" in
   main)
     cmake_flags=(-DCALQ_BUILD_TESTS=OFF -DCALQ_BUILD_BENCH=OFF)

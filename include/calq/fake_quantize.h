@@ -182,6 +182,20 @@ class FakeQuantizeImpl : public torch::nn::Module {
   using Tap = std::function<void(const at::Tensor& input, const at::Tensor& output)>;
   void set_tap(Tap tap) { tap_ = std::move(tap); }
 
+  /// What the observer is fed in states QAT and CALIBRATION: observer_input(x) (x detached)
+  /// instead of x. A data-parallel job (calq::distributed) substitutes the statistics of the
+  /// whole global batch, so that every process's observer takes the same step as one process
+  /// seeing the whole batch. Empty (the default) to feed x. Not saved.
+  using ObserverInput = std::function<at::Tensor(const at::Tensor& x)>;
+  void set_observer_input(ObserverInput observer_input) {
+    observer_input_ = std::move(observer_input);
+  }
+
+  /// To call after the observer's state was replaced from outside (a merge across processes):
+  /// the fake_quant scale cached from the observer is recomputed at the next quantizing
+  /// forward. (Learned lsq scales and pact alphas are not affected.)
+  void observer_state_changed() { computed_at_batches_ = -1; }
+
   void pretty_print(std::ostream& stream) const override;
 
  private:
@@ -203,6 +217,7 @@ class FakeQuantizeImpl : public torch::nn::Module {
   // a torch::load, so a loaded observer state is honoured).
   int64_t computed_at_batches_ = -1;
   Tap tap_;
+  ObserverInput observer_input_;
 };
 
 TORCH_MODULE(FakeQuantize);

@@ -41,7 +41,8 @@ class InMemory : public Source {
  public:
   InMemory(Dataset dataset, nlohmann::json description)
       : dataset_(std::move(dataset)), description_(std::move(description)) {}
-  int64_t size() const override { return dataset_.size(); }
+  // Counted by the images: a data set without labels (distillation) has examples too.
+  int64_t size() const override { return dataset_.images.defined() ? dataset_.images.size(0) : 0; }
   std::vector<int64_t> example_shape() const override {
     return dataset_.images.sizes().slice(1).vec();
   }
@@ -49,7 +50,8 @@ class InMemory : public Source {
   Batch gather(const std::vector<int64_t>& indices) const override {
     check_indices(indices, size(), "data set");
     const at::Tensor idx = at::tensor(indices, at::kLong);
-    return {dataset_.images.index_select(0, idx), dataset_.labels.index_select(0, idx)};
+    return {dataset_.images.index_select(0, idx),
+            has_labels() ? dataset_.labels.index_select(0, idx) : at::Tensor()};
   }
   nlohmann::json describe() const override { return description_; }
 
@@ -227,6 +229,19 @@ SourceBatches::SourceBatches(SourcePtr source, const BatchOptions& options)
 Batch SourceBatches::operator[](int64_t i) const {
   TORCH_CHECK(i >= 0 && i < size(), "batch index ", i, " out of range [0, ", size(), ")");
   return source_->gather(chunks_[i]);
+}
+
+int64_t SourceBatches::rows(int64_t i) const {
+  TORCH_CHECK(i >= 0 && i < size(), "batch index ", i, " out of range [0, ", size(), ")");
+  return static_cast<int64_t>(chunks_[i].size());
+}
+
+Batch SourceBatches::part(int64_t i, int64_t begin, int64_t end) const {
+  const int64_t n = rows(i);
+  TORCH_CHECK(begin >= 0 && begin <= end && end <= n, "rows [", begin, ", ", end, ") of batch ", i,
+              " are not within its ", n, " rows");
+  return source_->gather(
+      std::vector<int64_t>(chunks_[i].begin() + begin, chunks_[i].begin() + end));
 }
 
 SourceBatches SourceBatches::calibration(SourcePtr source, int64_t num_batches, int64_t batch_size,

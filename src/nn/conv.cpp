@@ -107,6 +107,7 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
   if (conv->bias.defined()) y = y + conv->bias.reshape({1, -1, 1, 1});
   const auto& o = bn->options;
   if (bn->num_batches_tracked.defined()) bn->num_batches_tracked.add_(1);  // as BatchNorm2d
+  if (batch_norm_training_) return batch_norm_training_(y, *bn, o.momentum().value_or(0.1));
   return at::batch_norm(y, bn->weight, bn->bias, bn->running_mean, bn->running_var,
                         /*training=*/true, o.momentum().value_or(0.1), o.eps(),
                         /*cudnn_enabled=*/false);
@@ -117,6 +118,15 @@ at::Tensor ConvBlockImpl::forward(const at::Tensor& x) {
   if (!has_bn()) {
     const at::Tensor weight = quantize_weight(conv->weight);
     y = conv_with(x, weight, deployed_bias(conv->bias));
+  } else if (!fused_ && batch_norm_training_ && is_training()) {
+    // BatchNorm2d's training forward with the installed statistics: the same
+    // num_batches_tracked count and momentum rule (None: cumulative average).
+    double momentum = bn->options.momentum().value_or(0.0);
+    if (bn->num_batches_tracked.defined()) {
+      bn->num_batches_tracked.add_(1);
+      if (!bn->options.momentum()) momentum = 1.0 / bn->num_batches_tracked.item<double>();
+    }
+    y = batch_norm_training_(conv->forward(x), *bn, momentum);
   } else if (!fused_) {
     y = bn->forward(conv->forward(x));
   } else {

@@ -330,10 +330,10 @@ at::Tensor FakeQuantizeImpl::quantize(const at::Tensor& x) {
   bool had_data = observer_->has_data();
   switch (state_) {
     case FakeQuantState::CALIBRATION:
-      observer_->update(x.detach());
+      observer_->update(observer_input_ ? observer_input_(x.detach()) : x.detach());
       return x;
     case FakeQuantState::QAT:
-      observer_->update(x.detach());
+      observer_->update(observer_input_ ? observer_input_(x.detach()) : x.detach());
       break;
     case FakeQuantState::VALIDATION:
       break;

@@ -27,6 +27,15 @@ void RunningRangeObserverImpl::update_impl(const Batch& batch) {
     return;
   }
   const double c = averaging_constant_;
+  // c = 1 keeps the latest range and c = 0 the first, exactly: v + 1 * (cur - v) rounds twice
+  // and need not give cur back (v = 1, cur = 1e-8 gives 0), which would break the exact merge
+  // (docs/observers.md) for c = 1.
+  if (c == 1.0) {
+    assign(min_val_, cur_min);
+    assign(max_val_, cur_max);
+    return;
+  }
+  if (c == 0.0) return;
   min_val_.add_(cur_min - min_val_, c);
   max_val_.add_(cur_max - max_val_, c);
 }
@@ -41,6 +50,14 @@ void RunningRangeObserverImpl::merge_impl(const ObserverImpl& other_base) {
   TORCH_CHECK(other.first_min_.numel() == other.min_val_.numel(), "observer '", kind_,
               "' merge: the source has no first-batch range (first_min/first_max), e.g. a "
               "state loaded from another kind of observer; it cannot be merged exactly");
+  // c = 0: the first range (a's) stays; c = 1: the latest (b's) wins. Exact, without the
+  // rounding of the closed form.
+  if (averaging_constant_ == 0.0) return;
+  if (averaging_constant_ == 1.0) {
+    assign(min_val_, other.min_val_);
+    assign(max_val_, other.max_val_);
+    return;
+  }
   // v = v_b + (1 - c)^n_b * (v_a - first_b), in double to keep the rounding small.
   const double decay =
       std::pow(1.0 - averaging_constant_, static_cast<double>(other.batches_seen()));

@@ -9,9 +9,13 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <limits>
+#include <sstream>
 
 #include "calq/data/batches.h"
+#include "calq/distributed/data_parallel.h"
+#include "calq/distributed/process_group.h"
 #include "calq/nn/conv.h"
 #include "calq/util/atomic_file.h"
 #include "calq/util/progress.h"
@@ -35,11 +39,17 @@ void save_checkpoint(const std::string& path, torch::nn::Module& model,
   util::save_archive_atomic(archive, path);
 }
 
+// `bytes`: the checkpoint's contents (a distributed resume: read on rank 0, broadcast);
+// empty: read `path`.
 int64_t load_checkpoint(const std::string& path, torch::nn::Module& model,
-                        torch::optim::Adam& optimizer) {
+                        torch::optim::Adam& optimizer, const std::string& bytes = "") {
   torch::serialize::InputArchive archive, model_archive, optimizer_archive;
   try {
-    archive.load_from(path);
+    if (bytes.empty()) {
+      archive.load_from(path);
+    } else {
+      archive.load_from(bytes.data(), bytes.size());
+    }
     archive.read("model", model_archive);
     archive.read("optimizer", optimizer_archive);
     model.load(model_archive);
@@ -66,6 +76,13 @@ void set_group_lrs(torch::optim::Adam& optimizer, double weight_lr, double quant
     static_cast<torch::optim::AdamOptions&>(groups[1].options()).lr(quantizer_lr);
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in.good(), "cannot open checkpoint '", path, "' for reading");
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
 }  // namespace
 
 void freeze_batch_norm(torch::nn::Module& model, bool frozen) {
@@ -136,13 +153,34 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
   }
   torch::optim::Adam optimizer(groups, torch::optim::AdamOptions(options.lr()));
 
+  const std::shared_ptr<distributed::ProcessGroup>& group = options.process_group();
+  TORCH_CHECK(!group || options.batch_size() >= group->size(), "train: batch_size ",
+              options.batch_size(), " is smaller than the ", group ? group->size() : 1,
+              " ranks of the job; every rank needs at least one row of every batch");
+  const bool writer = !group || group->rank() == 0;
   TrainResult result;
-  if (options.resume() && !options.checkpoint().empty() &&
-      std::filesystem::exists(options.checkpoint())) {
-    result.first_epoch = load_checkpoint(options.checkpoint(), model, optimizer);
+  if (options.resume() && !options.checkpoint().empty()) {
+    if (!group) {
+      if (std::filesystem::exists(options.checkpoint())) {
+        result.first_epoch = load_checkpoint(options.checkpoint(), model, optimizer);
+      }
+    } else {
+      // Rank 0 reads its checkpoint; every rank restores the same bytes.
+      const std::string bytes = group->broadcast_bytes(
+          writer && std::filesystem::exists(options.checkpoint()) ? read_file(options.checkpoint())
+                                                                  : std::string());
+      if (!bytes.empty()) {
+        result.first_epoch = load_checkpoint(options.checkpoint(), model, optimizer, bytes);
+      }
+    }
     TORCH_CHECK(result.first_epoch <= options.epochs(), "cannot resume from '",
                 options.checkpoint(), "': it finished ", result.first_epoch,
                 " epochs, more than the ", options.epochs(), " asked for");
+  }
+  std::unique_ptr<distributed::DataParallel> parallel;
+  if (group) {
+    parallel = std::make_unique<distributed::DataParallel>(
+        model, group, distributed::DataParallelOptions().bucket_bytes(options.bucket_bytes()));
   }
   const int64_t steps_per_epoch = (dataset_size + options.batch_size() - 1) / options.batch_size();
   const int64_t total_steps = steps_per_epoch * options.epochs();
@@ -167,7 +205,21 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
     util::Timer timer;
     double loss_sum = 0.0;
     int64_t step = 0;
-    for (const data::Batch& batch : batches) {
+    for (int64_t index = 0; index < batches.size(); ++index) {
+      // With a process group, this rank's contiguous part of the global batch (the rows of
+      // batch `index` one process would train on, in the same order).
+      const int64_t global_rows = batches.rows(index);
+      data::Batch batch;
+      int64_t rows = global_rows;
+      if (parallel) {
+        if (global_rows < group->size()) continue;  // some rank would get no row
+        const auto part = distributed::shard(global_rows, group->rank(), group->size());
+        batch = batches.part(index, part.first, part.second);
+        rows = part.second - part.first;
+        parallel->set_batch_share(rows, global_rows);
+      } else {
+        batch = batches[index];
+      }
       if (options.cosine()) {
         const double t = static_cast<double>(epoch * steps_per_epoch + step) / total_steps;
         const double decay = 0.5 * (1.0 + std::cos(kPi * t));
@@ -175,24 +227,48 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
       }
       optimizer.zero_grad();
       at::Tensor loss = batch_loss(forward(batch.images), batch, teacher);
-      const double value = loss.item<double>();
-      TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
-                  " at epoch ", epoch + 1, ", step ", step + 1,
-                  "; lower the learning rate or check the data");
-      loss.backward();
+      double value = 0.0;
+      if (!parallel) {
+        value = loss.item<double>();
+        TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
+                    " at epoch ", epoch + 1, ", step ", step + 1,
+                    "; lower the learning rate or check the data");
+        loss.backward();
+      } else {
+        // The global batch's mean loss is the sum over ranks of each rank's mean loss weighted
+        // by its share of the rows; so are its gradients (summed by the reducer).
+        const at::Tensor weighted =
+            loss * (static_cast<double>(rows) / static_cast<double>(global_rows));
+        at::Tensor global_loss = weighted.detach().to(at::kDouble).reshape({1}).clone();
+        auto pending = group->all_reduce_async({global_loss}, "training loss all-reduce");
+        weighted.backward();
+        parallel->finish_gradients();
+        pending.wait();
+        value = global_loss.item<double>();
+        TORCH_CHECK(std::isfinite(value), options.label(), ": the training loss became ", value,
+                    " at epoch ", epoch + 1, ", step ", step + 1, " (global batch over ",
+                    group->size(), " ranks); lower the learning rate or check the data");
+      }
       optimizer.step();
       if (options.quantized()) project_quantizer_parameters(model);
       loss_sum += value;
       ++step;
-      progress.advance(batch.size());
+      progress.advance(global_rows);
+      if (parallel && options.check_replicas_every() > 0 &&
+          step % options.check_replicas_every() == 0) {
+        distributed::check_replicas(model, *group);
+      }
     }
     progress.finish();
     seconds += timer.seconds();
     result.final_loss = loss_sum / std::max<int64_t>(step, 1);
+    result.steps_run += step;
     ++result.epochs_run;
-    if (!options.checkpoint().empty()) {
+    if (parallel) distributed::check_replicas(model, *group);
+    if (!options.checkpoint().empty() && writer) {
       save_checkpoint(options.checkpoint(), model, optimizer, epoch + 1);
     }
+    if (options.on_epoch_end()) options.on_epoch_end()(epoch + 1);
   }
   result.seconds_per_epoch = result.epochs_run > 0 ? seconds / result.epochs_run : 0.0;
   return result;
@@ -200,7 +276,8 @@ TrainResult train(torch::nn::Module& model, const Forward& forward, const data::
 
 Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
                          const data::SourcePtr& data, bool quantized, const Forward* reference,
-                         int64_t batch_size, const std::string& label) {
+                         int64_t batch_size, const std::string& label,
+                         const std::shared_ptr<distributed::ProcessGroup>& group) {
   TORCH_CHECK(data && data->size() > 0, "evaluate: the evaluation set is empty");
   TORCH_CHECK(reference != nullptr || data->has_labels(),
               "evaluate: the data has no labels; compare with a reference model instead");
@@ -212,28 +289,56 @@ Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
   torch::NoGradGuard no_grad;
   Evaluation result;
   result.correct.reserve(static_cast<size_t>(data->size()));
-  int64_t correct = 0;
-  double signal = 0.0, noise = 0.0;
+  // Per batch: the sums of squares of the reference's outputs and of the differences, added
+  // in batch order at the end, so that a sharded evaluation adds the same numbers in the same
+  // order as one process.
+  std::vector<double> energies;
   util::Progress progress(label, data->size(), "img");
-  for (const data::Batch& batch : data::SourceBatches(data, data::BatchOptions(batch_size))) {
+  const data::SourceBatches batches(data, data::BatchOptions(batch_size));
+  const auto part = group ? distributed::shard(batches.size(), group->rank(), group->size())
+                          : std::make_pair(int64_t{0}, batches.size());
+  for (int64_t index = part.first; index < part.second; ++index) {
+    const data::Batch batch = batches[index];
     const at::Tensor output = forward(batch.images);
     at::Tensor right;
     if (reference != nullptr) {
       const at::Tensor expected = (*reference)(batch.images);
       right = output.argmax(1).eq(expected.argmax(1)).to(at::kByte);
-      signal += expected.to(at::kDouble).pow(2).sum().item<double>();
-      noise += (output - expected).to(at::kDouble).pow(2).sum().item<double>();
+      energies.push_back(expected.to(at::kDouble).pow(2).sum().item<double>());
+      energies.push_back((output - expected).to(at::kDouble).pow(2).sum().item<double>());
     } else {
       right = output.argmax(1).eq(batch.labels).to(at::kByte);
     }
     const uint8_t* p = right.contiguous().data_ptr<uint8_t>();
     result.correct.insert(result.correct.end(), p, p + right.numel());
-    correct += right.sum().item<int64_t>();
-    progress.advance(batch.images.size(0));
+    progress.advance(group ? batch.images.size(0) * group->size() : batch.images.size(0));
+  }
+  if (group) {  // every rank's part, in rank order: the whole data set in order
+    const auto all =
+        group->all_gather_bytes(std::string(result.correct.begin(), result.correct.end()));
+    result.correct.clear();
+    for (const auto& bytes : all)
+      result.correct.insert(result.correct.end(), bytes.begin(), bytes.end());
+    if (reference != nullptr) {
+      const auto parts = group->all_gather_bytes(std::string(
+          reinterpret_cast<const char*>(energies.data()), energies.size() * sizeof(double)));
+      energies.clear();
+      for (const auto& bytes : parts) {
+        const auto* values = reinterpret_cast<const double*>(bytes.data());
+        energies.insert(energies.end(), values, values + bytes.size() / sizeof(double));
+      }
+    }
   }
   progress.finish();
+  int64_t correct = 0;
+  for (uint8_t right : result.correct) correct += right;
   result.top1 = 100.0 * static_cast<double>(correct) / static_cast<double>(data->size());
   if (reference != nullptr) {
+    double signal = 0.0, noise = 0.0;
+    for (size_t i = 0; i + 1 < energies.size(); i += 2) {
+      signal += energies[i];
+      noise += energies[i + 1];
+    }
     result.sqnr_db =
         noise > 0 ? 10.0 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
   }
@@ -242,21 +347,24 @@ Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
 
 Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
                          const data::Dataset& dataset, bool quantized, int64_t batch_size,
-                         const std::string& label) {
+                         const std::string& label,
+                         const std::shared_ptr<distributed::ProcessGroup>& group) {
   return evaluate_each(model, forward, data::in_memory(dataset, nlohmann::json::object()),
-                       quantized, nullptr, batch_size, label);
+                       quantized, nullptr, batch_size, label, group);
 }
 
 Evaluation evaluate_each(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
-                         int64_t batch_size, const std::string& label) {
+                         int64_t batch_size, const std::string& label,
+                         const std::shared_ptr<distributed::ProcessGroup>& group) {
   return evaluate_each(
       model, [&model](const at::Tensor& x) { return model.forward(x); }, dataset, quantized,
-      batch_size, label);
+      batch_size, label, group);
 }
 
 double evaluate(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
-                int64_t batch_size, const std::string& label) {
-  return evaluate_each(model, dataset, quantized, batch_size, label).top1;
+                int64_t batch_size, const std::string& label,
+                const std::shared_ptr<distributed::ProcessGroup>& group) {
+  return evaluate_each(model, dataset, quantized, batch_size, label, group).top1;
 }
 
 }  // namespace pipeline

@@ -21,12 +21,14 @@ namespace calq {
 namespace cli {
 namespace {
 
-// Top-1 on the labels, or agreement with the float model when the data has none.
+// Top-1 on the labels, or agreement with the float model when the data has none; shared
+// between the ranks of a job (every rank calls it).
 pipeline::Evaluation score(const Workspace& ws, Model& model, const Model& reference,
                            const data::SourcePtr& data, bool quantized) {
   const pipeline::Forward* against = ws.labelled ? nullptr : &reference.forward;
   reference.module->eval();
-  return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against);
+  return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against, 512,
+                                 "eval", ws.group);
 }
 
 }  // namespace
@@ -37,8 +39,10 @@ int train_command(const RunConfig& config) {
   bool reused = false;
   Model model = float_model(ws, &seconds, &reused);
   const double val = score(ws, model, model, ws.validation, false).top1;
+  const double test = ws.test ? score(ws, model, model, ws.test, false).top1 : 0.0;
+  if (!ws.writer()) return 0;
   std::cout << "float " << config.model << ": validation top-1 " << val << "%";
-  if (ws.test) std::cout << ", test top-1 " << score(ws, model, model, ws.test, false).top1 << "%";
+  if (ws.test) std::cout << ", test top-1 " << test << "%";
   std::cout << (reused ? " (reused)" : "") << "\n";
   return 0;
 }
@@ -74,16 +78,17 @@ int calibrate_command(const RunConfig& config, const std::string& observer,
   }
   const double calibration_seconds = timer.seconds();
   const double val_top1 = score(ws, model, float_net, ws.validation, true).top1;
+  const double test_top1 = ws.test ? score(ws, model, float_net, ws.test, true).top1 : 0.0;
   const std::string name = qconfig_file.empty() ? observer : "custom";
   const std::string path = config.out + "/calibrated/" + name + ".pt";
+  if (!ws.writer()) return 0;
   save_model(model, meta, path);
   for (const auto& clamped : clamped_scales(*model.module)) {
     std::cout << "warning: power-of-two scale clamped to [2^-14, 2^-1]: " << clamped << "\n";
   }
   std::cout << "calibrated with " << name << " in " << calibration_seconds
             << " s: validation top-1 " << val_top1 << "%";
-  if (ws.test)
-    std::cout << ", test top-1 " << score(ws, model, float_net, ws.test, true).top1 << "%";
+  if (ws.test) std::cout << ", test top-1 " << test_top1 << "%";
   std::cout << "  -> " << path << "\n";
   return 0;
 }
@@ -99,6 +104,7 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint) {
   copy_float_state(*model.module, *reference.module);
   const data::SourcePtr set = ws.test ? ws.test : ws.validation;
   const double top1 = score(ws, model, reference, set, meta.prepared).top1;
+  if (!ws.writer()) return 0;
   std::cout << checkpoint << ": " << (ws.test ? "test" : "validation") << " top-1 " << top1 << "%"
             << (meta.prepared ? " (quantized, VALIDATION)" : " (float)") << "\n";
   return 0;
@@ -131,16 +137,17 @@ int qat_command(const RunConfig& config, const std::string& method, const std::s
   Model model = prepare_from_float(config, float_net, recipe, &meta);
   copy_float_state(*calibrated_model.module, *model.module);  // equalized / corrected weights
   const LoadReport report = load_observer_params(*calibrated_model.module, *model.module);
-  std::cout << "load_observer_params: " << report.str() << "\n";
+  if (ws.writer()) std::cout << "load_observer_params: " << report.str() << "\n";
   TORCH_CHECK(report.ok(), "qat: the calibration in '", calibrated,
               "' does not fit the QAT model (see the mismatches above)");
   const std::string name = qconfig_file.empty() ? method : "custom";
   float_net.module->eval();
-  auto result =
-      pipeline::train(*model.module, model.forward, ws.train, qat_train_options(config, name),
-                      config.distills(ws.labelled) ? &float_net.forward : nullptr);
+  auto result = pipeline::train(*model.module, model.forward, ws.train,
+                                qat_train_options(config, name).process_group(ws.group),
+                                config.distills(ws.labelled) ? &float_net.forward : nullptr);
   const double top1 = score(ws, model, float_net, ws.validation, true).top1;
   const std::string path = config.out + "/qat/" + name + ".pt";
+  if (!ws.writer()) return 0;
   save_model(model, meta, path);
   std::filesystem::remove(qat_resume_checkpoint(config, name));
   std::cout << "qat " << name << " (" << (config.distills(ws.labelled) ? "distillation" : "labels")

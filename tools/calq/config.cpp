@@ -65,6 +65,8 @@ void RunConfig::validate() const {
   TORCH_CHECK(calib_batches >= 1, "--calib-batches must be >= 1, got ", calib_batches);
   TORCH_CHECK(batch_size >= 1, "--batch-size must be >= 1, got ", batch_size);
   TORCH_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores), got ", threads);
+  TORCH_CHECK(nproc >= 1, "--nproc must be >= 1 (local worker processes), got ", nproc);
+  TORCH_CHECK(dist_timeout >= 1.0, "--dist-timeout must be >= 1 (seconds), got ", dist_timeout);
   TORCH_CHECK(limit_train >= 0 && limit_test >= 0, "--limit-train/--limit-test must be >= 0");
   TORCH_CHECK(lr > 0 && qat_lr > 0 && qat_scale_lr > 0,
               "--lr, --qat-lr and --qat-scale-lr must be > 0");
@@ -156,6 +158,10 @@ nlohmann::json RunConfig::to_json() const {
           {"target_drop", target_drop},
           {"promotion", promotion},
           {"target", target}};
+  {"nproc", nproc}, {
+    "dist_timeout", dist_timeout
+  }
+};
 }
 
 void RunConfig::merge_json(const nlohmann::json& j) {
@@ -213,6 +219,8 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("target_drop", target_drop);
     get("promotion", promotion);
     get("target", target);
+    get("nproc", nproc);
+    get("dist_timeout", dist_timeout);
   } catch (const nlohmann::json::exception& error) {
     TORCH_CHECK(false, "--config: a setting has the wrong type: ", error.what());
   }

@@ -61,6 +61,10 @@ struct RunConfig {
   /// Where the model runs: "accelerator" (signed grids, the default) or an export profile
   /// ("ort-cpu": unsigned grids after ReLU / ReLU6).
   std::string target = "accelerator";
+  /// Local worker processes (ranks) of a data-parallel job started by this command; under an
+  /// external launcher (RANK set) the environment describes the job instead.
+  int64_t nproc = 1;
+  double dist_timeout = 60.0;  ///< seconds: a dead or stuck rank fails the others within it
   bool resume = false;
   bool quiet = false;
 

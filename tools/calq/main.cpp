@@ -2,10 +2,17 @@
 #include <c10/util/Exception.h>
 #include <CLI/CLI.hpp>
 
+#include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "analyze.h"
+#include "calq/distributed/launch.h"
+#include "calq/distributed/process_group.h"
 #include "calq/util/allocator.h"
 #include "calq/util/progress.h"
 #include "commands.h"
@@ -86,6 +93,12 @@ void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config
       ->capture_default_str();
   app.add_option("--target", c.target,
                  "accelerator (signed grids) | ort-cpu (unsigned grids after ReLU)")
+      app.add_option("--nproc", c.nproc,
+                     "worker processes of a data-parallel job on this machine (under torchrun or "
+                     "another launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: omit)")
+          ->capture_default_str();
+  app.add_option("--dist-timeout", c.dist_timeout,
+                 "seconds within which a dead or stuck rank makes the others fail")
       ->capture_default_str();
   app.add_flag("--resume", c.resume, "continue an interrupted run or QAT from its checkpoints");
   app.add_flag("--quiet", c.quiet, "no progress bars");
@@ -111,6 +124,29 @@ calq::cli::RunConfig resolve(CLI::App& app, const calq::cli::RunConfig& typed,
   resolved.resume = typed.resume;
   resolved.quiet = typed.quiet;
   return resolved;
+}
+
+// --nproc N: this process becomes the launcher of N ranks, each a copy of this command.
+int launch(const calq::cli::RunConfig& config, int argc, char** argv) {
+  std::vector<std::string> command{"/proc/self/exe"};
+  for (int i = 1; i < argc; ++i) command.emplace_back(argv[i]);
+  calq::distributed::LaunchOptions options(config.nproc, command);
+  options.threads_per_process(config.threads)
+      .timeout(std::chrono::milliseconds(static_cast<int64_t>(config.dist_timeout * 1000.0)));
+  const calq::distributed::LaunchResult result = calq::distributed::launch_local(options);
+  if (result.exit_code() != 0) {
+    std::istringstream lines(result.summary());
+    for (std::string line; std::getline(lines, line);) std::cerr << "calq: " << line << "\n";
+  }
+  return result.exit_code();
+}
+
+// "calq: error: ..." or, in a rank of a job, "calq: rank 1: error: ...".
+std::string error_prefix() {
+  const char* rank = std::getenv("RANK");
+  return rank != nullptr && calq::distributed::launched_by_environment()
+             ? std::string("calq: rank ") + rank + ": error: "
+             : std::string("calq: error: ");
 }
 
 }  // namespace
@@ -186,6 +222,20 @@ int main(int argc, char** argv) {
     CLI::App* chosen = app.get_subcommands().front();
     calq::cli::RunConfig resolved = resolve(*chosen, config, config_file);
     calq::util::Progress::set_globally_quiet(resolved.quiet);
+    const bool job_subcommand = chosen == run || chosen == train || chosen == calibrate ||
+                                chosen == qat || chosen == evaluate;
+    TORCH_CHECK(resolved.nproc == 1 || job_subcommand, "--nproc: '", chosen->get_name(),
+                "' runs in one process; --nproc applies to run, train, calibrate, qat, evaluate");
+    // Under a launcher (RANK set) the job subcommands join the job in open_workspace.
+    if (calq::distributed::launched_by_environment()) {
+      const char* ours = std::getenv("CALQ_LAUNCHED");
+      TORCH_CHECK(resolved.nproc == 1 || (ours != nullptr && std::string(ours) == "1"), "--nproc ",
+                  resolved.nproc, " was given, but a launcher already started this ",
+                  "process as a rank (RANK is set); leave --nproc out under a launcher");
+    } else if (resolved.nproc > 1) {
+      resolved.validate();
+      return launch(resolved, argc, argv);
+    }
     if (chosen == run) return calq::cli::run_command(resolved);
     if (chosen == train) return calq::cli::train_command(resolved);
     if (chosen == analyze) return calq::cli::analyze_command(resolved);
@@ -202,10 +252,10 @@ int main(int argc, char** argv) {
     if (chosen == check) return calq::cli::check_command(resolved, qconfig_file);
     if (chosen == quantize) return run_quantize();
   } catch (const c10::Error& error) {
-    std::cerr << "calq: error: " << error.what_without_backtrace() << "\n";
+    std::cerr << error_prefix() << error.what_without_backtrace() << "\n";
     return 1;
   } catch (const std::exception& error) {
-    std::cerr << "calq: error: " << error.what() << "\n";
+    std::cerr << error_prefix() << error.what() << "\n";
     return 1;
   }
   return 1;

@@ -30,8 +30,13 @@ nlohmann::json previous_results(const RunConfig& config) {
   if (!config.resume || !std::filesystem::exists(path)) return nlohmann::json::object();
   nlohmann::json previous = read_json_file(path);
   nlohmann::json previous_config = previous.value("config", nlohmann::json::object());
-  previous_config.erase("threads_used");
-  if (previous_config != config.to_json()) {
+  nlohmann::json current_config = config.to_json();
+  // How the work is spread (threads, processes) does not change the results' meaning.
+  for (const char* key : {"threads_used", "processes_used", "nproc", "dist_timeout"}) {
+    previous_config.erase(key);
+    current_config.erase(key);
+  }
+  if (previous_config != current_config) {
     std::cerr << "calq: --resume: " << path << " was written with other settings; starting over\n";
     return nlohmann::json::object();
   }
@@ -40,6 +45,13 @@ nlohmann::json previous_results(const RunConfig& config) {
 
 bool has(const nlohmann::json& j, const std::string& a, const std::string& b) {
   return j.contains(a) && j[a].contains(b);
+}
+
+// Rank 0's answer on every rank of a job (so that all ranks take the same branch, whatever
+// their view of the files); `answer` in one process.
+bool rank0_decides(const Workspace& ws, bool answer) {
+  if (!ws.group) return answer;
+  return !ws.group->broadcast_bytes(answer ? "1" : "").empty();
 }
 
 nlohmann::json comparison_json(const pipeline::PairedComparison& c) {
@@ -66,14 +78,24 @@ std::string best_by_validation(const nlohmann::json& results, const std::string&
 int run_command(const RunConfig& config) {
   util::Timer total;
   Workspace ws = open_workspace(config);
-  std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train->size()
-            << " training / " << ws.validation->size() << " validation / "
-            << (ws.test ? ws.test->size() : 0) << " test examples"
-            << (ws.labelled ? "" : " (no labels: agreement with the float model)") << ", "
-            << at::get_num_threads() << " threads -> " << config.out << "\n";
+  const bool writer = ws.writer();
+  // Only rank 0 writes results; the other ranks compute the same (shared) steps.
+  auto save = [&](const nlohmann::json& results) {
+    if (writer) save_results(config, results);
+  };
+  if (writer) {
+    std::cerr << "calq run: " << config.model << ", W" << config.bits << ", " << ws.train->size()
+              << " training / " << ws.validation->size() << " validation / "
+              << (ws.test ? ws.test->size() : 0) << " test examples"
+              << (ws.labelled ? "" : " (no labels: agreement with the float model)") << ", "
+              << at::get_num_threads() << " threads"
+              << (ws.group ? " x " + std::to_string(ws.group->size()) + " processes" : "") << " -> "
+              << config.out << "\n";
+  }
   nlohmann::json results = previous_results(config);
   results["config"] = config.to_json();
   results["config"]["threads_used"] = at::get_num_threads();
+  results["config"]["processes_used"] = ws.group ? ws.group->size() : 1;
   results["data"] = ws.describe();
   results["data"]["train"] = ws.train->size();
   results["data"]["validation"] = ws.validation->size();
@@ -89,19 +111,20 @@ int run_command(const RunConfig& config) {
   auto evaluate = [&](Model& model, const data::SourcePtr& data, bool quantized,
                       const std::string& label) {
     return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against, 512,
-                                   label);
+                                   label, ws.group);
   };
-  if (!has(results, "float", "val_top1") || !reused) {
+  if (rank0_decides(ws, !has(results, "float", "val_top1") || !reused)) {
     results["float"] = {{"val_top1", evaluate(float_net, ws.validation, false, "val float").top1},
                         {"seconds_per_epoch", float_seconds},
                         {"reused_checkpoint", reused}};
-    save_results(config, results);
+    save(results);
   }
 
   // Steps 2-6 for every activation observer: prepare, calibrate, validate on held-out data.
   for (const std::string& observer : config.observers) {
     const std::string path = config.out + "/calibrated/" + observer + ".pt";
-    if (has(results, "calibration", observer) && std::filesystem::exists(path)) continue;
+    if (rank0_decides(ws, has(results, "calibration", observer) && std::filesystem::exists(path)))
+      continue;
     ModelMeta meta;
     Model model;
     nlohmann::json search;
@@ -129,16 +152,17 @@ int run_command(const RunConfig& config) {
     }
     const double seconds = timer.seconds();
     const double top1 = evaluate(model, ws.validation, true, "val " + observer).top1;
-    save_model(model, meta, path);
+    if (writer) save_model(model, meta, path);
     results["calibration"][observer] = {{"val_top1", top1},
                                         {"seconds", seconds},
                                         {"clamped_scales", clamped_scales(*model.module)}};
     if (!search.is_null()) results["calibration"][observer]["auto"] = search;
-    save_results(config, results);
-    std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
+    save(results);
+    if (writer) std::cerr << "calibration " << observer << ": validation top-1 " << top1 << "%\n";
   }
   const std::string best = best_by_validation(results, "calibration", config.observers);
   results["best_observer"] = best;
+  ws.sync();  // rank 0 wrote the calibrated models
   ModelMeta calibrated_meta;
   Model calibrated = load_model(config.out + "/calibrated/" + best + ".pt", &calibrated_meta);
 
@@ -146,7 +170,7 @@ int run_command(const RunConfig& config) {
   // distillation from the float model), validate.
   for (const std::string& method : config.qat_methods()) {
     const std::string path = config.out + "/qat/" + method + ".pt";
-    if (has(results, "qat", method) && std::filesystem::exists(path)) continue;
+    if (rank0_decides(ws, has(results, "qat", method) && std::filesystem::exists(path))) continue;
     ModelMeta meta;
     // The calibration's per-layer grids (auto's, unsigned ones) switched to the QAT method.
     analysis::Recipe recipe = calibrated_meta.recipe().for_qat(
@@ -159,12 +183,14 @@ int run_command(const RunConfig& config) {
     TORCH_CHECK(report.ok(), "qat ", method,
                 ": the calibration does not fit the QAT model: ", report.str());
     float_net.module->eval();
-    auto trained =
-        pipeline::train(*model.module, model.forward, ws.train, qat_train_options(config, method),
-                        config.distills(ws.labelled) ? &reference : nullptr);
+    auto trained = pipeline::train(*model.module, model.forward, ws.train,
+                                   qat_train_options(config, method).process_group(ws.group),
+                                   config.distills(ws.labelled) ? &reference : nullptr);
     const double top1 = evaluate(model, ws.validation, true, "val qat " + method).top1;
-    save_model(model, meta, path);
-    std::filesystem::remove(qat_resume_checkpoint(config, method));
+    if (writer) {
+      save_model(model, meta, path);
+      std::filesystem::remove(qat_resume_checkpoint(config, method));
+    }
     results["qat"][method] = {
         {"val_top1", top1},
         {"seconds_per_epoch", trained.seconds_per_epoch},
@@ -174,12 +200,13 @@ int run_command(const RunConfig& config) {
           {"converted", report.converted},
           {"not_applicable_entries", report.not_applicable.size()}}},
         {"clamped_scales", clamped_scales(*model.module)}};
-    save_results(config, results);
-    std::cerr << "qat " << method << ": validation top-1 " << top1 << "%\n";
+    save(results);
+    if (writer) std::cerr << "qat " << method << ": validation top-1 " << top1 << "%\n";
   }
   if (!config.qat_methods().empty()) {
     results["best_method"] = best_by_validation(results, "qat", config.qat_methods());
   }
+  ws.sync();  // rank 0 wrote the QAT models
 
   // The test set, once, for the float model and what was chosen or trained: top-1 and paired
   // comparisons on the same examples.
@@ -203,6 +230,11 @@ int run_command(const RunConfig& config) {
           comparison_json(pipeline::compare_paired(calibrated_test.correct, test.correct));
     }
   }
+  // The rest (deployment check, exports, report) runs on rank 0 alone, outside the job: its
+  // steps (the report's histogram calibration) must not wait for ranks that have finished.
+  if (!writer) return 0;
+  Workspace solo = ws;
+  solo.group = nullptr;
   save_results(config, results);
 
   // Deployment: the chosen calibration and every QAT model as QDQ ONNX, run by ONNX Runtime and
@@ -210,11 +242,11 @@ int run_command(const RunConfig& config) {
   {
     nlohmann::json runtime;
     results["deploy"]["calibrated_" + best] = deploy_and_check(
-        ws, calibrated, float_net, config.out + "/deploy/calibrated_" + best + ".onnx", &runtime);
+        solo, calibrated, float_net, config.out + "/deploy/calibrated_" + best + ".onnx", &runtime);
     for (const std::string& method : config.qat_methods()) {
       const Model model = load_model(config.out + "/qat/" + method + ".pt");
       results["deploy"]["qat_" + method] = deploy_and_check(
-          ws, model, float_net, config.out + "/deploy/qat_" + method + ".onnx", &runtime);
+          solo, model, float_net, config.out + "/deploy/qat_" + method + ".onnx", &runtime);
     }
     results["deploy_runtime"] = runtime;
     save_results(config, results);
@@ -224,7 +256,7 @@ int run_command(const RunConfig& config) {
                           export_scales(*calibrated.module).dump(2) + "\n");
   results["seconds_total"] = total.seconds();  // this invocation (a resumed run counts its part)
   save_results(config, results);
-  write_report(ws, results, float_net, calibrated);
+  write_report(solo, results, float_net, calibrated);
   std::cout << summary_table(results);
   std::cout << "results: " << config.out << "/results.json, report: " << config.out
             << "/report.md\n";

@@ -4,18 +4,22 @@
 #include <c10/util/Exception.h>
 #include <torch/serialize.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
 
 #include "calq/analysis/equalization.h"
+#include "calq/distributed/observer_sync.h"
 #include "calq/graph/graph.h"
 #include "calq/nn/quant_module.h"
 #include "calq/onnx/import.h"
 #include "calq/pipeline/training.h"
 #include "calq/trace.h"
 #include "calq/util/atomic_file.h"
+#include "calq/util/progress.h"
 #include "calq/zoo/models.h"
 
 namespace calq {
@@ -203,13 +207,33 @@ nlohmann::json Workspace::describe() const {
           {"labels", labelled}};
 }
 
+bool Workspace::writer() const {
+  return !group || group->rank() == 0;
+}
+
+void Workspace::sync() const {
+  if (group) group->barrier();
+}
+
 Workspace open_workspace(const RunConfig& config) {
   config.validate();
-  const int threads = config.threads > 0 ? static_cast<int>(config.threads)
-                                         : static_cast<int>(std::thread::hardware_concurrency());
-  at::set_num_threads(std::max(threads, 1));
-  torch::manual_seed(config.seed);
   Workspace ws;
+  int64_t local_ranks = 1;
+  if (distributed::launched_by_environment()) {
+    distributed::ProcessGroupOptions options = distributed::options_from_environment();
+    options.timeout(std::chrono::milliseconds(static_cast<int64_t>(config.dist_timeout * 1000.0)));
+    ws.group = std::make_shared<distributed::ProcessGroup>(options);
+    if (const char* local = std::getenv("LOCAL_WORLD_SIZE")) {
+      local_ranks = std::max<int64_t>(1, std::atoll(local));
+    }
+    if (!ws.writer()) util::Progress::set_globally_quiet(true);
+  }
+  // Without --threads the cores are divided among this machine's ranks.
+  const int64_t threads =
+      config.threads > 0 ? config.threads
+                         : static_cast<int64_t>(std::thread::hardware_concurrency()) / local_ranks;
+  at::set_num_threads(static_cast<int>(std::max<int64_t>(threads, 1)));
+  torch::manual_seed(config.seed);
   ws.config = config;
   data::SourcePtr all;
   if (config.data.empty()) {
@@ -368,8 +392,12 @@ Model float_model(const Workspace& ws, double* seconds_per_epoch, bool* reused) 
   check_workspace_fits(make_float_model(c.model), ws);
   const std::string path = float_checkpoint(c);
   const std::string settings_path = c.out + "/float_" + c.model + ".settings.json";
-  if (std::filesystem::exists(path) && std::filesystem::exists(settings_path) &&
-      read_json_file(settings_path) == float_settings(c)) {
+  bool reuse = std::filesystem::exists(path) && std::filesystem::exists(settings_path) &&
+               read_json_file(settings_path) == float_settings(c);
+  if (ws.group) {  // rank 0 decides, so that every rank takes the same branch
+    reuse = !ws.group->broadcast_bytes(reuse ? "1" : "").empty();
+  }
+  if (reuse) {
     *reused = true;
     return load_model(path);
   }
@@ -384,13 +412,17 @@ Model float_model(const Workspace& ws, double* seconds_per_epoch, bool* reused) 
                                     .seed(c.seed)
                                     .label("float")
                                     .checkpoint(c.out + "/float_" + c.model + ".resume.pt")
-                                    .resume(c.resume));
+                                    .resume(c.resume)
+                                    .process_group(ws.group));
   *seconds_per_epoch = result.seconds_per_epoch;
   ModelMeta meta;
   meta.model = c.model;
-  save_model(model, meta, path);
-  util::write_file_atomic(settings_path, float_settings(c).dump(2) + "\n");
-  std::filesystem::remove(c.out + "/float_" + c.model + ".resume.pt");
+  if (ws.writer()) {
+    save_model(model, meta, path);
+    util::write_file_atomic(settings_path, float_settings(c).dump(2) + "\n");
+    std::filesystem::remove(c.out + "/float_" + c.model + ".resume.pt");
+  }
+  ws.sync();
   return model;
 }
 
@@ -430,6 +462,12 @@ void calibrate_model(const Workspace& ws, Model& model) {
   const RunConfig& c = ws.config;
   const data::SourceBatches batches =
       data::SourceBatches::calibration(ws.train, c.calib_batches, c.batch_size, c.seed);
+  if (ws.group) {
+    distributed::calibrate(
+        *model.module, model.forward, batches.size(),
+        [&batches](int64_t i) { return batches[i].images; }, *ws.group);
+    return;
+  }
   set_fake_quantize(*model.module, FakeQuantState::CALIBRATION);
   torch::NoGradGuard no_grad;
   for (const at::Tensor& images : batches.images()) model.forward(images);

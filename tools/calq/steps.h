@@ -8,6 +8,7 @@
 
 #include "calq/analysis/recipe.h"
 #include "calq/data/source.h"
+#include "calq/distributed/process_group.h"
 #include "calq/onnx/import.h"
 #include "calq/pipeline/training.h"
 #include "calq/qconfig.h"
@@ -29,10 +30,22 @@ struct Workspace {
   /// Whether the data has labels (else evaluation is agreement with the float model and QAT
   /// distills from it).
   bool labelled = true;
+  /// The job this process is a rank of (started by --nproc or an external launcher), else
+  /// null. Every rank runs the same steps; training, calibration and evaluation are shared
+  /// between the ranks; only rank 0 writes files and prints results.
+  std::shared_ptr<distributed::ProcessGroup> group;
   nlohmann::json describe() const;
+
+  /// Whether this process writes files and prints results (rank 0, or the only process).
+  bool writer() const;
+  /// Waits until every rank got here (after rank 0 wrote files other ranks read); no-op in
+  /// one process.
+  void sync() const;
 };
 
-/// Reads the data (limits applied), holds out the validation split and sets the thread count.
+/// Reads the data (limits applied), holds out the validation split, joins the job when a
+/// launcher started this process (threads: --threads, or the cores divided among the local
+/// ranks), and sets the thread count.
 Workspace open_workspace(const RunConfig& config);
 
 /// A model of the CLI: what the loops drive.
@@ -122,7 +135,9 @@ Model prepare_from_float(const RunConfig& config, const Model& float_model,
                          const analysis::Recipe& recipe, ModelMeta* meta);
 
 /// Step 3-4 on `model`: CALIBRATION state, the calibration batches of `ws` (--calib-batches
-/// of --batch-size training examples, drawn with --seed), read one batch at a time.
+/// of --batch-size training examples, drawn with --seed), read one batch at a time. In a job
+/// (ws.group), each rank reads and observes its contiguous shard of the batches and the
+/// observers merge in rank order (distributed::calibrate).
 void calibrate_model(const Workspace& ws, Model& model);
 
 /// Every quantization point's scale and zero point, per module path.

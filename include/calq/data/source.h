@@ -61,6 +61,11 @@ class SourceBatches {
                                    uint64_t seed);
   int64_t size() const { return static_cast<int64_t>(chunks_.size()); }
   Batch operator[](int64_t i) const;
+  /// Number of examples in batch i.
+  int64_t rows(int64_t i) const;
+  /// Rows [begin, end) of batch i, reading only those examples: a rank's share of a global
+  /// batch in data-parallel training. Requires 0 <= begin <= end <= rows(i).
+  Batch part(int64_t i, int64_t begin, int64_t end) const;
 
   /// The batches' images only, for calq::calibrate:
   ///   calq::calibrate(model, batches.images());

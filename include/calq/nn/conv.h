@@ -6,6 +6,8 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
+
 #include "calq/nn/quant_module.h"
 
 namespace calq {
@@ -61,6 +63,18 @@ class ConvBlockImpl : public QuantModuleImpl {
   /// The weight and bias the deployed (folded) convolution uses, before fake quantization.
   std::pair<at::Tensor, at::Tensor> folded_weight_and_bias() const;
 
+  /// Batch norm with batch statistics (training, BN not frozen), folded or not: returns
+  /// bn(input) normalized with the statistics of the batch and updates bn's running
+  /// statistics with `momentum` (the exponential-average factor, already resolved from the
+  /// options), as at::batch_norm does in training. calq::distributed installs one whose
+  /// statistics span the global batch of every process of a data-parallel job (synchronized
+  /// batch norm). Empty (the default): this process's batch, through at::batch_norm. Not saved.
+  using BatchNormTraining = std::function<at::Tensor(
+      const at::Tensor& input, torch::nn::BatchNorm2dImpl& bn, double momentum)>;
+  void set_batch_norm_training(BatchNormTraining batch_norm) {
+    batch_norm_training_ = std::move(batch_norm);
+  }
+
   torch::nn::Conv2d conv{nullptr};
   torch::nn::BatchNorm2d bn{nullptr};
 
@@ -72,6 +86,7 @@ class ConvBlockImpl : public QuantModuleImpl {
   Activation activation_;
   bool fused_ = false;
   bool bn_frozen_ = false;
+  BatchNormTraining batch_norm_training_;
 };
 
 }  // namespace detail

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,10 @@
 #include "calq/zoo/models.h"
 
 namespace calq {
+namespace distributed {
+class ProcessGroup;
+}  // namespace distributed
+
 namespace pipeline {
 
 /// images [N, ...] -> logits [N, classes].
@@ -51,11 +56,34 @@ struct TrainOptions {
   TORCH_ARG(std::string, checkpoint) = "";
   /// Continue from `checkpoint` if it exists (its epoch count must be < epochs).
   TORCH_ARG(bool, resume) = false;
+  /// Called after every finished epoch (after its checkpoint was written) with the number of
+  /// finished epochs; an exception thrown there stops training. Default: none.
+  TORCH_ARG(std::function<void(int64_t finished_epochs)>, on_epoch_end) = nullptr;
+
+  /// Data-parallel training on this process group (docs/distributed.md): every rank calls
+  /// train with the same model, data, teacher and options. `batch_size` is then the global
+  /// batch: rank r trains on the r-th contiguous part of every batch of the epoch's shuffled
+  /// order (distributed::shard; data::SourceBatches::part) and reads only those rows, its mean
+  /// loss weighted by its share of the rows, and the gradients are summed over the ranks, so
+  /// a step equals one process's step on the whole batch up to float rounding (batch norm and
+  /// observers see the global batch: distributed::DataParallel). Every rank holds the same
+  /// parameters after every step; only rank 0 writes the checkpoint, and a resume reads it on
+  /// rank 0 and broadcasts it. A last batch with fewer rows than ranks is skipped. Needs
+  /// batch_size >= world size. Default: none (one process).
+  TORCH_ARG(std::shared_ptr<distributed::ProcessGroup>, process_group) = nullptr;
+  /// With a process group: the gradient bucket size in bytes
+  /// (distributed::GradientReducerOptions). Default 4 MiB.
+  TORCH_ARG(int64_t, bucket_bytes) = int64_t{4} << 20;
+  /// With a process group: verify every N steps that all ranks hold bit-identical parameters
+  /// and buffers (distributed::check_replicas; one small all-gather); it is always verified
+  /// after every epoch. 0: after epochs only. Default 0.
+  TORCH_ARG(int64_t, check_replicas_every) = 0;
 };
 
 struct TrainResult {
   int64_t first_epoch = 0;         ///< 0, or the epoch a resumed run started at
   int64_t epochs_run = 0;          ///< epochs trained by this call
+  int64_t steps_run = 0;           ///< optimizer steps taken by this call
   double seconds_per_epoch = 0.0;  ///< mean wall time of the epochs trained by this call
   double final_loss = 0.0;         ///< mean training loss of the last epoch
 };
@@ -84,22 +112,30 @@ struct Evaluation {
 
 /// Evaluates `model` on `data` (quantized: VALIDATION, else eval mode). Without `reference`
 /// the labels decide (data without labels is an error); with it, agreement of top-1 with the
-/// reference model (run in eval mode, float) and the output SQNR.
+/// reference model (run in eval mode, float) and the output SQNR. With a process group every
+/// rank calls it with the same model and data; rank r evaluates the r-th contiguous part of the
+/// batches (distributed::shard) and every rank returns the whole result, bit for bit the one
+/// process's (the same batches, their sums added in the same order).
 Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
                          const data::SourcePtr& data, bool quantized,
                          const Forward* reference = nullptr, int64_t batch_size = 512,
-                         const std::string& label = "eval");
+                         const std::string& label = "eval",
+                         const std::shared_ptr<distributed::ProcessGroup>& group = nullptr);
 
 /// Evaluates `model` on `dataset`. quantized: in state VALIDATION (fake quantization on,
-/// scales frozen), else in eval mode. Throws on an empty dataset.
+/// scales frozen), else in eval mode. Throws on an empty dataset. With a process group: as
+/// above.
 Evaluation evaluate_each(torch::nn::Module& model, const Forward& forward,
                          const data::Dataset& dataset, bool quantized, int64_t batch_size = 512,
-                         const std::string& label = "eval");
+                         const std::string& label = "eval",
+                         const std::shared_ptr<distributed::ProcessGroup>& group = nullptr);
 Evaluation evaluate_each(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
-                         int64_t batch_size = 512, const std::string& label = "eval");
+                         int64_t batch_size = 512, const std::string& label = "eval",
+                         const std::shared_ptr<distributed::ProcessGroup>& group = nullptr);
 /// Top-1 accuracy in percent (evaluate_each(...).top1).
 double evaluate(zoo::ClassifierImpl& model, const data::Dataset& dataset, bool quantized,
-                int64_t batch_size = 512, const std::string& label = "eval");
+                int64_t batch_size = 512, const std::string& label = "eval",
+                const std::shared_ptr<distributed::ProcessGroup>& group = nullptr);
 
 /// Freezes (or unfreezes) batch norm in every folded Conv-BN block of `model`.
 void freeze_batch_norm(torch::nn::Module& model, bool frozen = true);
