@@ -157,11 +157,9 @@ nlohmann::json RunConfig::to_json() const {
           {"bias_correction", bias_correction},
           {"target_drop", target_drop},
           {"promotion", promotion},
-          {"target", target}};
-  {"nproc", nproc}, {
-    "dist_timeout", dist_timeout
-  }
-};
+          {"target", target},
+          {"nproc", nproc},
+          {"dist_timeout", dist_timeout}};
 }
 
 void RunConfig::merge_json(const nlohmann::json& j) {

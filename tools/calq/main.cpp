@@ -93,10 +93,11 @@ void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config
       ->capture_default_str();
   app.add_option("--target", c.target,
                  "accelerator (signed grids) | ort-cpu (unsigned grids after ReLU)")
-      app.add_option("--nproc", c.nproc,
-                     "worker processes of a data-parallel job on this machine (under torchrun or "
-                     "another launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: omit)")
-          ->capture_default_str();
+      ->capture_default_str();
+  app.add_option("--nproc", c.nproc,
+                 "worker processes of a data-parallel job on this machine (under torchrun or "
+                 "another launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: omit)")
+      ->capture_default_str();
   app.add_option("--dist-timeout", c.dist_timeout,
                  "seconds within which a dead or stuck rank makes the others fail")
       ->capture_default_str();
