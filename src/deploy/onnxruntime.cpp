@@ -4,11 +4,11 @@
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/wait.h>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <sys/wait.h>
 
 #include "calq/util/npy.h"
 
@@ -89,7 +89,8 @@ OrtResult run_onnxruntime(const std::string& model_path, const std::vector<at::T
     const std::string file = dir.path + "/input" + std::to_string(i) + ".npy";
     util::write_npy(file, inputs[i].to(at::kFloat));
     command += i == 0 ? " --input " + quote(file) : "";
-    TORCH_CHECK(i == 0, "run_onnxruntime: models with several inputs are fed by name; not yet "
+    TORCH_CHECK(i == 0,
+                "run_onnxruntime: models with several inputs are fed by name; not yet "
                 "supported by this helper");
   }
   const std::string outputs = dir.path + "/outputs";

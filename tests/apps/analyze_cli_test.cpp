@@ -10,26 +10,13 @@
 #include <regex>
 #include <string>
 
+#include "apps/cli_runner.h"
 #include "calq/data/fashion_mnist.h"
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
-
-Result run_cli(const std::string& arguments) {
-  const std::string command = std::string(CALQ_CLI_PATH) + " " + arguments + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  Result result{-1, ""};
-  std::array<char, 4096> buffer{};
-  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.output += buffer.data();
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using Result = calq_test::CliResult;
+using calq_test::run_cli;
 
 bool dataset_installed() {
   return std::filesystem::exists(calq::data::fashion_mnist_file(

@@ -12,6 +12,9 @@
 #include "calq/deploy/onnxruntime.h"
 #include "calq/onnx/import.h"
 #include "calq/util/npy.h"
+#ifdef CALQ_CLI_PATH
+#include "apps/cli_runner.h"
+#endif
 
 namespace {
 
@@ -148,22 +151,8 @@ TEST(QuantizeOnnx, Errors) {
 }
 
 #ifdef CALQ_CLI_PATH
-struct Result {
-  int exit_code;
-  std::string output;
-};
-
-Result run_cli(const std::string& arguments) {
-  const std::string command = std::string(CALQ_CLI_PATH) + " " + arguments + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  Result result{-1, ""};
-  std::array<char, 4096> buffer{};
-  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.output += buffer.data();
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using Result = calq_test::CliResult;
+using calq_test::run_cli;
 
 TEST(QuantizeCommand, EndToEnd) {
   const std::string out = temp_path("cli_int8.onnx");
