@@ -4,6 +4,7 @@
 //
 //   worker calibrate OUT BATCHES             every recipe of recipes.h: calibrate, save state
 //   worker qat OUT METHOD EPOCHS TAG [resume] [stop-after-epoch N] [no-overlap] [distill]
+//                                            [ulp]  (ulp: every batch-norm weight one ulp up)
 //                                            (METHOD float: float training of the unfused model;
 //                                            distill: data without labels, a float teacher)
 //   worker evaluate OUT                      evaluate_each on a calibrated model
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -91,16 +93,30 @@ int calibrate(const std::string& out, int64_t count) {
 int qat(const std::string& out, const std::string& method, int64_t epochs, const std::string& tag,
         const std::vector<std::string>& flags) {
   auto group = join();
-  bool resume = false, overlap = true, distill = false;
+  bool resume = false, overlap = true, distill = false, ulp = false;
   int64_t stop_after = -1;
   for (size_t i = 0; i < flags.size(); ++i) {
     if (flags[i] == "resume") resume = true;
     if (flags[i] == "no-overlap") overlap = false;
     if (flags[i] == "distill") distill = true;
+    if (flags[i] == "ulp") ulp = true;
     if (flags[i] == "stop-after-epoch") stop_after = std::stoll(flags.at(++i));
   }
   calq::zoo::Classifier model = calq::testing::qat_model(method);
   const calq::data::Dataset data = calq::testing::qat_dataset(96);
+  // The control run of the equality test: the same training from batch-norm weights one ulp
+  // higher (a relative change of 6e-8 of every convolution's output, the size of the rounding
+  // differences synchronized batch norm introduces) measures how far training itself amplifies
+  // last-bit differences. (Data one ulp away would not do: the input quantizer rounds it away.)
+  if (ulp) {
+    torch::NoGradGuard no_grad;
+    for (auto& item : model->named_parameters()) {
+      const std::string& name = item.key();
+      if (name.size() < 9 || name.compare(name.size() - 9, 9, "bn.weight") != 0) continue;
+      item.value().copy_(at::nextafter(
+          item.value(), at::full_like(item.value(), std::numeric_limits<float>::infinity())));
+    }
+  }
   auto options = calq::pipeline::TrainOptions()
                      .epochs(epochs)
                      .batch_size(32)
