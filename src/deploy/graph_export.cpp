@@ -112,7 +112,11 @@ class GraphExporter {
                     model_.outputs.size() == g_.output_names().size(),
                 "export: the ImportedModel's input/output lists do not match its graph");
     run_example(example_inputs);
-    for (const auto& name : model_.outputs) b_.reserve(name);
+    // The graph's outputs under the file's names, or the chosen values under their own.
+    const bool chosen = !options_.output_values().empty();
+    std::vector<std::string> output_values = chosen ? options_.output_values() : g_.output_names();
+    std::vector<std::string> output_names = chosen ? options_.output_values() : model_.outputs;
+    for (const auto& name : output_names) b_.reserve(name);
     for (size_t i = 0; i < model_.inputs.size(); ++i) {
       const onnx::InputInfo& info = model_.inputs[i];
       b_.reserve(info.name);
@@ -120,17 +124,19 @@ class GraphExporter {
       values_[g_.input_names()[i]] = Value{info.name, c10::nullopt};
     }
     for (const graph::Node& node : g_.nodes()) export_node(node);
-    for (size_t i = 0; i < model_.outputs.size(); ++i) {
-      const std::string& value = g_.output_names()[i];
+    for (size_t i = 0; i < output_values.size(); ++i) {
+      const std::string& value = output_values[i];
+      TORCH_CHECK(meta_.count(value) > 0, "export: output value '", value,
+                  "' is not a value the graph computes");
       const Value& v = lookup(value, "graph output");
-      b_.node("Identity", {v.name}, model_.outputs[i] + "/identity");
+      b_.node("Identity", {v.name}, output_names[i] + "/identity");
       // The graph output keeps the file's name exactly.
-      graph_->mutable_node(graph_->node_size() - 1)->set_output(0, model_.outputs[i]);
+      graph_->mutable_node(graph_->node_size() - 1)->set_output(0, output_names[i]);
       const Meta& m = meta_.at(value);
       ::onnx::ValueInfoProto* info = graph_->add_output();
-      info->set_name(model_.outputs[i]);
+      info->set_name(output_names[i]);
       auto* tensor = info->mutable_type()->mutable_tensor_type();
-      tensor->set_elem_type(detail::onnx_type(m.dtype, "output '" + model_.outputs[i] + "'"));
+      tensor->set_elem_type(detail::onnx_type(m.dtype, "output '" + output_names[i] + "'"));
       auto* dims = tensor->mutable_shape();
       for (size_t d = 0; d < m.shape.size(); ++d) {
         auto* dim = dims->add_dim();

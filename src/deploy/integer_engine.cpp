@@ -8,9 +8,12 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <map>
 
 #include "calq/fake_quantize.h"
+#include "calq/graph/graph.h"
 #include "calq/nn.h"
+#include "calq/nn/float_function.h"
 #include "calq/quant/fake_quant.h"
 #include "calq/quant/qparams.h"
 
@@ -106,38 +109,179 @@ at::Tensor requantize(const at::Tensor& acc, const std::vector<float>& multiplie
 
 class Engine {
  public:
-  Engine(const Trace& trace, const IntegerEngineOptions& options)
-      : trace_(trace), options_(options), values_(trace.values.size()) {}
+  explicit Engine(const IntegerEngineOptions& options) : options_(options) {}
 
-  IntegerResult run(const std::vector<at::Tensor>& inputs) {
-    TORCH_CHECK(inputs.size() == trace_.inputs.size(), "integer engine: the model takes ",
-                trace_.inputs.size(), " inputs, got ", inputs.size());
+  IntegerResult run(const Trace& trace, const std::vector<at::Tensor>& inputs) {
+    TORCH_CHECK(inputs.size() == trace.inputs.size(), "integer engine: the model takes ",
+                trace.inputs.size(), " inputs, got ", inputs.size());
+    values_.assign(trace.values.size(), EngineValue());
     for (size_t i = 0; i < inputs.size(); ++i) {
       EngineValue v;
       v.real = inputs[i].to(at::kFloat).contiguous();
-      values_[trace_.inputs[i]] = v;
+      values_[trace.inputs[i]] = v;
     }
     IntegerResult result;
-    for (const TracedCall& call : trace_.calls) {
+    for (const TracedCall& call : trace.calls) {
       const EngineValue out = run_call(call);
       values_[call.output] = out;
       if (options_.keep_integers() && out.quantized) {
         result.integers[call.path] = IntegerTensor{out.q, at::full({1}, out.scale), out.zero};
       }
     }
-    for (int64_t id : trace_.outputs) {
-      const EngineValue& v = values_[id];
-      result.outputs.push_back(dequantize(v));
-      result.output_integers.push_back(v.quantized ? c10::optional<IntegerTensor>(IntegerTensor{
-                                                         v.q, at::full({1}, v.scale), v.zero})
-                                                   : c10::nullopt);
+    for (int64_t id : trace.outputs) add_output(result, values_[id]);
+    return result;
+  }
+
+  // A graph (an imported ONNX model) node by node: calq::nn modules as in a trace; every
+  // FloatFunction node in float on the dequantized values of its inputs, its outputs quantized
+  // where the export writes a QuantizeLinear (its own output quantizer, or the input's grid
+  // for a pass-through op such as MaxPool or Reshape, whose outputs are input values: there the
+  // float detour is exact, as the runtime's int8 kernels of those ops are).
+  IntegerResult run(graph::GraphImpl& g, const std::vector<at::Tensor>& inputs) {
+    TORCH_CHECK(inputs.size() == g.input_names().size(), "integer engine: the model takes ",
+                g.input_names().size(), " inputs, got ", inputs.size());
+    values_.clear();
+    graph_ = &g;
+    std::map<std::string, int64_t> ids;
+    auto id_of = [&](const std::string& name) {
+      auto it = ids.find(name);
+      if (it != ids.end()) return it->second;
+      const auto id = static_cast<int64_t>(values_.size());
+      values_.emplace_back();
+      if (!name.empty()) ids[name] = id;
+      if (g.is_constant(name)) values_.back().real = g.constant(name).detach();
+      return id;
+    };
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      values_[id_of(g.input_names()[i])].real = inputs[i].to(at::kFloat).contiguous();
     }
+    IntegerResult result;
+    for (const graph::Node& node : g.nodes()) {
+      TracedCall call;
+      call.path = node.name;
+      call.module = node.quant_module();
+      TORCH_CHECK(call.module != nullptr, "integer engine: node '", node.name, "' (", node.op_type,
+                  ") holds a module that is not a calq::nn module");
+      for (const std::string& in : node.inputs) call.inputs.push_back(id_of(in));
+      std::vector<int64_t> outputs;
+      for (const std::string& out : node.outputs) outputs.push_back(id_of(out));
+      try {
+        if (auto* ff = dynamic_cast<nn::FloatFunctionImpl*>(call.module)) {
+          run_float_function(node, *ff, call, outputs);
+        } else if (runs_in_float(*call.module)) {
+          run_float_module(node, call, outputs);
+        } else {
+          TORCH_CHECK(!outputs.empty(), "node '", node.name, "' has no output");
+          values_[outputs[0]] = run_call(call);
+        }
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(false, "integer engine: node '", node.name, "' (", node.op_type,
+                    "): ", e.what_without_backtrace());
+      }
+      if (!options_.keep_integers()) continue;
+      for (size_t k = 0; k < outputs.size(); ++k) {
+        const EngineValue& v = values_[outputs[k]];
+        if (node.outputs[k].empty() || !v.quantized) continue;
+        const std::string key =
+            outputs.size() == 1 ? node.name : node.name + "/" + std::to_string(k);
+        result.integers[key] = IntegerTensor{v.q, at::full({1}, v.scale), v.zero};
+      }
+    }
+    for (const std::string& name : g.output_names()) add_output(result, values_.at(ids.at(name)));
     return result;
   }
 
  private:
   const EngineValue& input(const TracedCall& call, size_t i) const {
     return values_[call.inputs.at(i)];
+  }
+
+  static void add_output(IntegerResult& result, const EngineValue& v) {
+    result.outputs.push_back(dequantize(v));
+    result.output_integers.push_back(v.quantized ? c10::optional<IntegerTensor>(IntegerTensor{
+                                                       v.q, at::full({1}, v.scale), v.zero})
+                                                 : c10::nullopt);
+  }
+
+  void run_float_function(const graph::Node& node, nn::FloatFunctionImpl& ff,
+                          const TracedCall& call, const std::vector<int64_t>& outputs) {
+    std::vector<at::Tensor> args;
+    for (size_t i = 0; i < call.inputs.size(); ++i) {
+      args.push_back(node.inputs[i].empty() ? at::Tensor() : dequantize(input(call, i)));
+    }
+    std::vector<at::Tensor> results;
+    {
+      // The quantizers are applied below, on the stored grid; the node's own must neither
+      // round twice nor observe.
+      PassThroughScope pass_through;
+      results = node.function(ff, args);
+    }
+    const FakeQuantize fq = ff.output_fake_quant();
+    const bool pass = graph::is_pass_through(node) && !call.inputs.empty() &&
+                      !node.inputs[0].empty() && input(call, 0).quantized;
+    for (size_t k = 0; k < outputs.size() && k < results.size(); ++k) {
+      EngineValue v;
+      v.real = results[k];
+      const bool floating = results[k].defined() && at::isFloatingType(results[k].scalar_type());
+      if (floating && !fq.is_empty()) {
+        v = grid_of(*fq, options_.profile());
+        v.q = quantize(results[k], v);
+      } else if (floating && pass && !pads_off_grid(node)) {
+        v = input(call, 0);
+        v.real = at::Tensor();
+        v.q = quantize(results[k], v);
+      }
+      values_[outputs[k]] = v;
+    }
+  }
+
+  // Quantization points the runtime runs as DequantizeLinear -> float op -> QuantizeLinear
+  // (ConvTranspose's weights dequantized, LayerNormalization, ReduceMean over other axes than
+  // a global average).
+  static bool runs_in_float(const nn::QuantModuleImpl& m) {
+    return dynamic_cast<const nn::ConvTranspose2dImpl*>(&m) != nullptr ||
+           dynamic_cast<const nn::LayerNormImpl*>(&m) != nullptr ||
+           dynamic_cast<const nn::ReduceMeanImpl*>(&m) != nullptr;
+  }
+
+  // The module's own forward in VALIDATION (weights fake-quantized as the export dequantizes
+  // them, the output on its grid) on the dequantized inputs; the result is stored as integers.
+  // The quantizers' states are restored afterwards.
+  void run_float_module(const graph::Node& node, const TracedCall& call,
+                        const std::vector<int64_t>& outputs) {
+    std::vector<std::pair<FakeQuantizeImpl*, FakeQuantState>> states;
+    for (const auto& item : node.module->named_modules()) {
+      if (auto* fq = dynamic_cast<FakeQuantizeImpl*>(item.value().get())) {
+        states.emplace_back(fq, fq->state());
+        fq->set_state(FakeQuantState::VALIDATION);
+      }
+    }
+    struct Restore {
+      std::vector<std::pair<FakeQuantizeImpl*, FakeQuantState>>& states;
+      ~Restore() {
+        for (auto& s : states) s.first->set_state(s.second);
+      }
+    } restore{states};
+    std::vector<at::Tensor> args;
+    for (size_t i = 0; i < call.inputs.size(); ++i) {
+      args.push_back(node.inputs[i].empty() ? at::Tensor() : dequantize(input(call, i)));
+    }
+    const std::vector<at::Tensor> results = node.function(*node.module, args);
+    TORCH_CHECK(!outputs.empty() && !results.empty(), "no output");
+    values_[outputs[0]] = close_float(call, results[0]);
+  }
+
+  // A constant Pad whose value is not on the input's grid: the export keeps the padded
+  // tensor float (no QuantizeLinear after it).
+  bool pads_off_grid(const graph::Node& node) const {
+    if (node.op_type != "Pad" || node.inputs.size() < 3 || node.inputs[2].empty()) return false;
+    auto mode = node.attributes.find("mode");
+    if (mode != node.attributes.end()) {
+      const auto* name = c10::get_if<std::string>(&mode->second);
+      if (name != nullptr && *name != "constant") return false;
+    }
+    if (graph_ == nullptr || !graph_->is_constant(node.inputs[2])) return true;
+    return graph_->constant(node.inputs[2]).to(at::kDouble).reshape({}).item<double>() != 0.0;
   }
 
   // The module's output quantizer applied to a float value, or the float value itself.
@@ -285,16 +429,16 @@ class Engine {
       const at::Tensor y = at::add(dequantize(a), dequantize(b));
       return activate(close_float(call, y), relu ? "relu" : nullptr);
     }
-    TORCH_CHECK(a.q.sizes() == b.q.sizes(), "integer engine: ", call.path,
-                " adds tensors of shapes ", a.q.sizes(), " and ", b.q.sizes(),
-                "; broadcasting is not supported");
     EngineValue out = grid_of(*fq, options_.profile());
     const float r_ac = a.scale / out.scale;
     const float r_bc = b.scale / out.scale;
     const float fixed = static_cast<float>(out.zero) - std::fma(r_ac, static_cast<float>(a.zero),
                                                                 r_bc * static_cast<float>(b.zero));
-    const at::Tensor qa = a.q.contiguous();
-    const at::Tensor qb = b.q.contiguous();
+    // Broadcasting (an imported graph's Add of a [N, C, 1, 1] tensor): the same formula per
+    // element of the broadcast shape.
+    const auto both = at::broadcast_tensors({a.q, b.q});
+    const at::Tensor qa = both[0].contiguous();
+    const at::Tensor qb = both[1].contiguous();
     out.q = at::empty(qa.sizes(), at::kLong);
     const int64_t* pa = qa.data_ptr<int64_t>();
     const int64_t* pb = qb.data_ptr<int64_t>();
@@ -321,6 +465,24 @@ class Engine {
     const at::Tensor product = ((a.q - a.zero) * (b.q - b.zero)).to(at::kFloat);
     const at::Tensor v = (product * m + static_cast<float>(out.zero)).round();
     out.q = v.to(at::kLong).clamp(out.lo, out.hi);
+    return out;
+  }
+
+  // QLinearMatMul (two activations): exact integer products summed, then
+  // RNE(fr(float(acc) * fr(fr(sa * sb) / sy))) + zy, saturated.
+  EngineValue run_matmul(const TracedCall& call) {
+    const EngineValue& a = input(call, 0);
+    const EngineValue& b = input(call, 1);
+    const FakeQuantize fq = call.module->output_fake_quant();
+    if (!a.quantized || !b.quantized || fq.is_empty()) {
+      return close_float(call, at::matmul(dequantize(a), dequantize(b)));
+    }
+    EngineValue out = grid_of(*fq, options_.profile());
+    const at::Tensor acc =
+        at::matmul((a.q - a.zero).to(at::kDouble), (b.q - b.zero).to(at::kDouble));
+    const float m = (a.scale * b.scale) / out.scale;
+    const at::Tensor v = (acc.to(at::kFloat) * m).round();
+    out.q = (v.to(at::kLong) + out.zero).clamp(out.lo, out.hi);
     return out;
   }
 
@@ -429,6 +591,7 @@ class Engine {
     }
     if (type == "Add" || type == "AddReLU") return run_add(call, type == "AddReLU");
     if (type == "Mul") return run_mul(call);
+    if (type == "MatMul") return run_matmul(call);
     if (auto* cat = dynamic_cast<nn::CatImpl*>(m)) return run_cat(call, *cat);
     if (type == "ReLU" || type == "ReLU6") {
       const EngineValue& x = input(call, 0);
@@ -465,10 +628,13 @@ class Engine {
                       {(*o.stride())[0], (*o.stride())[1]}, {(*o.padding())[0], (*o.padding())[1]},
                       o.count_include_pad(), o.ceil_mode());
     }
-    if (dynamic_cast<nn::AdaptiveAvgPool2dImpl*>(m) != nullptr) {
-      const std::vector<int64_t>& in = trace_.values[call.inputs[0]].shape;
-      const std::vector<int64_t>& out = trace_.values[call.output].shape;
-      const std::vector<int64_t> k = {in[2] / out[2], in[3] / out[3]};
+    if (auto* adaptive = dynamic_cast<nn::AdaptiveAvgPool2dImpl*>(m)) {
+      const at::Tensor x = dequantize(input(call, 0));
+      const at::Tensor y = adaptive->pool->forward(x);
+      TORCH_CHECK(x.size(2) % y.size(2) == 0 && x.size(3) % y.size(3) == 0,
+                  "integer engine: ", call.path, " pools ", x.sizes(), " to ", y.sizes(),
+                  "; only whole windows (sizes that divide) are supported");
+      const std::vector<int64_t> k = {x.size(2) / y.size(2), x.size(3) / y.size(3)};
       return run_pool(call, k, k, {0, 0}, true, false);
     }
     if (auto* flatten = dynamic_cast<nn::FlattenImpl*>(m)) {
@@ -484,9 +650,9 @@ class Engine {
     TORCH_CHECK(false, "integer engine: ", type, " '", call.path, "' is not supported");
   }
 
-  const Trace& trace_;
   const IntegerEngineOptions& options_;
   std::vector<EngineValue> values_;
+  const graph::GraphImpl* graph_ = nullptr;  // while running a graph
 };
 
 }  // namespace
@@ -502,7 +668,13 @@ IntegerResult run_integer(torch::nn::Module& model, const Trace& trace,
                           const IntegerEngineOptions& options) {
   at::NoGradGuard no_grad;
   (void)model;
-  return Engine(trace, options).run(inputs);
+  return Engine(options).run(trace, inputs);
+}
+
+IntegerResult run_integer(graph::GraphImpl& graph, const std::vector<at::Tensor>& inputs,
+                          const IntegerEngineOptions& options) {
+  at::NoGradGuard no_grad;
+  return Engine(options).run(graph, inputs);
 }
 
 }  // namespace deploy

@@ -36,6 +36,9 @@ class Exporter {
   const GraphBuilder& builder() const { return b_; }
 
   void run() {
+    TORCH_CHECK(options_.output_values().empty(),
+                "export: ExportOptions::output_values names values of an imported graph; a traced "
+                "model selects its outputs with ExportOptions::outputs (value ids)");
     values_.resize(trace_.values.size());
     for (size_t i = 0; i < trace_.inputs.size(); ++i) {
       const int64_t id = trace_.inputs[i];

@@ -14,6 +14,7 @@
 #include "apps/cli_runner.h"
 #include "calq/data/arrays.h"
 #include "calq/data/fashion_mnist.h"
+#include "calq/deploy/onnxruntime.h"
 #include "calq/util/npy.h"
 
 namespace {
@@ -194,10 +195,32 @@ TEST(Cli, RunsAnImportedModelOnUnlabelledDataByDistillation) {
     const auto& d = item.value();
     ASSERT_FALSE(d.contains("export_error")) << item.key() << ": " << d.dump();
     EXPECT_TRUE(d.contains("sim_top1")) << item.key();
+    // The integer engine runs the imported graph node by node.
+    EXPECT_FALSE(d.contains("int_error")) << item.key() << ": " << d.dump();
+    EXPECT_GE(d.at("int_argmax_agree").get<double>(), 0.95) << item.key();
     if (d.contains("ort_error")) continue;  // ONNX Runtime not installed
     EXPECT_GE(d.at("argmax_agree").get<double>(), 0.95) << item.key();
+    EXPECT_EQ(d.at("ort_vs_int_max_abs").get<double>(), 0.0) << item.key() << ": " << d.dump();
   }
   EXPECT_TRUE(std::filesystem::exists(out + "/report.md"));
+
+  // `calq infer` on the calibrated imported model: the integer engine computes what ONNX
+  // Runtime computes from the QDQ export, value for value.
+  std::string why;
+  if (!calq::deploy::onnxruntime_available(&why)) return;
+  const std::string input = out + "_data/x32.npy";
+  calq::util::write_npy(input, torch::randn({32, 1, 8, 8}));
+  std::map<std::string, at::Tensor> outputs;
+  for (const char* engine : {"int", "ort"}) {
+    const std::string y = out + "/y_" + engine + ".npz";
+    Result infer = run_cli("infer --checkpoint " + out + "/calibrated/percentile.pt --input " +
+                           input + " --engine " + engine + " --output " + y);
+    ASSERT_EQ(infer.exit_code, 0) << infer.output;
+    const auto archive = calq::data::NpzArchive::open(y);
+    outputs[engine] = archive.array(archive.names().at(0)).read_all();
+  }
+  EXPECT_TRUE(outputs["int"].equal(outputs["ort"]))
+      << (outputs["int"] - outputs["ort"]).abs().max().item<double>();
 }
 
 TEST(Cli, InferWritesEveryOutputOfAnImportedModelByName) {

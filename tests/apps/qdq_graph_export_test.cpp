@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "calq/deploy/integer_engine.h"
 #include "calq/deploy/onnxruntime.h"
 #include "calq/deploy/qdq_export.h"
 #include "calq/graph/graph.h"
@@ -158,6 +159,84 @@ TEST_P(TorchvisionExport, OnnxRuntimeRunsItOnIntegersAndAgreesWithTheSimulation)
   EXPECT_EQ(ops.count("Gemm"), 0u) << listing(ops);
   EXPECT_GT(ops.count("QLinearConv") ? ops.at("QLinearConv") : 0, 10) << listing(ops);
 }
+
+// The integer engine on the imported graph against ONNX Runtime's integer kernels running the
+// export: the quantized output's integers (the classifier quantized too), every one.
+TEST_P(TorchvisionExport, IntegerEngineEqualsOnnxRuntimeBitForBit) {
+  std::string why;
+  if (!calq::deploy::onnxruntime_available(&why)) GTEST_SKIP() << why;
+  const std::string name = GetParam();
+  calq::onnx::ImportedModel m = calibrated(name + ".onnx");
+  torch::manual_seed(14);
+  const at::Tensor x = torch::randn({64, 3, 32, 32});
+  const std::string path = temp_path(name + "_engine.onnx");
+  calq::deploy::export_qdq(m, {x.slice(0, 0, 2)}, path);
+  calq::deploy::OrtOptions options;
+  options.level = "extended";
+  const auto result = calq::deploy::run_onnxruntime(path, {x}, options);
+  const auto engine = calq::deploy::run_integer(*m.graph, {x});
+  ASSERT_EQ(engine.output_integers.size(), 1u);
+  ASSERT_TRUE(engine.output_integers[0].has_value()) << "the classifier's output is quantized";
+  const calq::deploy::IntegerTensor& mine = *engine.output_integers[0];
+  const at::Tensor levels =
+      (result.outputs[0].to(at::kDouble) / mine.scale.item<double>()).round().to(at::kLong) +
+      mine.zero_point;
+  ASSERT_EQ(levels.sizes(), mine.values.sizes());
+  const int64_t differing = levels.ne(mine.values).sum().item<int64_t>();
+  std::cerr << name << " (" << result.cpu << "): integer engine vs ONNX Runtime: " << differing
+            << " of " << levels.numel() << " output integers differ (max |diff| "
+            << (levels - mine.values).abs().max().item<int64_t>() << ")\n";
+  EXPECT_EQ(differing, 0);
+  // The dequantized outputs are the runtime's float outputs.
+  EXPECT_TRUE(engine.outputs[0].equal(result.outputs[0]));
+}
+
+// Every quantized value of the graph, each exported as the only output of its own model so
+// that ONNX Runtime's fusion of the layer that computes it is unchanged: the integer engine's
+// integers equal the runtime's, every one.
+class EveryQuantizedValue : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EveryQuantizedValue, IntegerEngineEqualsOnnxRuntime) {
+  std::string why;
+  if (!calq::deploy::onnxruntime_available(&why)) GTEST_SKIP() << why;
+  const std::string name = GetParam();
+  calq::onnx::ImportedModel m = calibrated(name + ".onnx");
+  torch::manual_seed(15);
+  const at::Tensor x = torch::randn({8, 3, 32, 32});
+  const auto engine = calq::deploy::run_integer(
+      *m.graph, {x}, calq::deploy::IntegerEngineOptions().keep_integers(true));
+  int64_t values = 0, compared = 0, differing = 0;
+  for (const calq::graph::Node& node : m.graph->nodes()) {
+    for (size_t k = 0; k < node.outputs.size(); ++k) {
+      const std::string key =
+          node.outputs.size() == 1 ? node.name : node.name + "/" + std::to_string(k);
+      auto it = engine.integers.find(key);
+      if (it == engine.integers.end()) continue;
+      const calq::deploy::IntegerTensor& mine = it->second;
+      const std::string path = temp_path(name + "_value.onnx");
+      calq::deploy::export_qdq(m, {x.slice(0, 0, 2)}, path,
+                               calq::deploy::ExportOptions().output_values({node.outputs[k]}));
+      const at::Tensor deployed = calq::deploy::run_onnxruntime(path, {x}).outputs.at(0);
+      const at::Tensor levels =
+          (deployed.to(at::kDouble) / mine.scale.item<double>()).round().to(at::kLong) +
+          mine.zero_point;
+      ASSERT_EQ(levels.sizes(), mine.values.sizes()) << key;
+      const int64_t diff = levels.ne(mine.values).sum().item<int64_t>();
+      EXPECT_EQ(diff, 0) << key << " (" << node.op_type << "): " << diff << " of " << levels.numel()
+                         << " integers differ, max |diff| "
+                         << (levels - mine.values).abs().max().item<int64_t>();
+      ++values;
+      compared += levels.numel();
+      differing += diff;
+    }
+  }
+  std::cerr << name << ": " << values << " quantized values, " << compared
+            << " integers compared with ONNX Runtime, " << differing << " differ\n";
+  EXPECT_GT(values, 20);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, EveryQuantizedValue,
+                         ::testing::Values("resnet18_op13", "mobilenet_v3_small_op13"));
 
 INSTANTIATE_TEST_SUITE_P(Models, TorchvisionExport,
                          ::testing::Values("resnet18_op13", "resnet18_op17_bn", "mobilenet_v2_op11",

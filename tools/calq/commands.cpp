@@ -236,15 +236,19 @@ int infer_command(const RunConfig& config, const std::string& model_path,
     torch::NoGradGuard no_grad;
     outputs = model.forward_all(x);
   } else if (model.imported_model) {
-    TORCH_CHECK(engine == "ort",
-                "infer: the integer engine runs traced calq::nn models; for an "
-                "imported ONNX model use --engine ort (its QDQ export in ONNX Runtime) or sim");
-    const std::string onnx = output + ".qdq.onnx";
-    deploy::export_qdq(*model.imported_model, {x.narrow(0, 0, 1)}, onnx);
-    deploy::OrtOptions options;
-    options.threads = threads;
-    outputs = deploy::run_onnxruntime(onnx, {x}, options).outputs;
-    std::filesystem::remove(onnx);
+    if (engine == "int") {
+      outputs = deploy::run_integer(*model.imported_model->graph, {x},
+                                    deploy::IntegerEngineOptions().requantization(
+                                        deploy::requantization_from_string(requantization)))
+                    .outputs;
+    } else {
+      const std::string onnx = output + ".qdq.onnx";
+      deploy::export_qdq(*model.imported_model, {x.narrow(0, 0, 1)}, onnx);
+      deploy::OrtOptions options;
+      options.threads = threads;
+      outputs = deploy::run_onnxruntime(onnx, {x}, options).outputs;
+      std::filesystem::remove(onnx);
+    }
   } else {
     const Trace t = trace_model(model);
     link_input_quantizers(t);

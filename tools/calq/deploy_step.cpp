@@ -8,7 +8,9 @@
 #include "calq/deploy/integer_engine.h"
 #include "calq/deploy/onnxruntime.h"
 #include "calq/deploy/qdq_export.h"
+#include "calq/graph/graph.h"
 #include "calq/nn/quant_module.h"
+#include "calq/onnx/import.h"
 #include "calq/trace.h"
 #include "calq/workflow.h"
 
@@ -20,16 +22,43 @@ namespace {
 // so that the check stays minutes, not hours.
 constexpr int64_t kMaxExamples = 10000;
 
+// The step of a module's output grid: its output quantizer's scale, or s_x * s_w of a
+// weighted module with a float output. Undefined when neither applies.
+at::Tensor module_step(nn::QuantModuleImpl& m) {
+  if (!m.output_fake_quant().is_empty()) return m.output_fake_quant()->scale().reshape({1, -1});
+  if (m.has_weight() && !m.weight_fake_quant().is_empty() && !m.input_quantizer().is_empty()) {
+    return (m.weight_fake_quant()->scale() * m.input_quantizer()->scale()).reshape({1, -1});
+  }
+  return at::Tensor();
+}
+
+// The same for an imported graph's first output, looking back through one-input nodes.
+at::Tensor graph_output_steps(const graph::GraphImpl& g) {
+  std::string value = g.output_names().at(0);
+  for (int guard = 0; guard < 1000; ++guard) {
+    const graph::Node* producer = nullptr;
+    for (const auto& node : g.nodes()) {
+      for (const auto& out : node.outputs) {
+        if (out == value) producer = &node;
+      }
+    }
+    if (producer == nullptr || producer->quant_module() == nullptr) break;
+    const at::Tensor step = module_step(*producer->quant_module());
+    if (step.defined()) return step;
+    if (producer->inputs.empty() || producer->inputs[0].empty()) break;
+    value = producer->inputs[0];
+  }
+  return at::ones({1, 1});
+}
+
 // The step of the model's output per output channel: its quantizer's scale, or for a float
 // output layer the accumulator step s_x * s_w[c] of the deployed integer kernel.
 at::Tensor output_steps(const Model& model, const Trace& t) {
+  if (model.imported_model) return graph_output_steps(*model.imported_model->graph);
   const TracedCall* call = t.producer(t.outputs.at(0));
   while (call != nullptr) {
-    auto* m = call->module;
-    if (!m->output_fake_quant().is_empty()) return m->output_fake_quant()->scale().reshape({1, -1});
-    if (m->has_weight() && !m->weight_fake_quant().is_empty() && !m->input_quantizer().is_empty()) {
-      return (m->weight_fake_quant()->scale() * m->input_quantizer()->scale()).reshape({1, -1});
-    }
+    const at::Tensor step = module_step(*call->module);
+    if (step.defined()) return step;
     if (call->inputs.size() != 1) break;
     call = t.producer(call->inputs[0]);
   }
@@ -92,22 +121,26 @@ nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const M
                             {"bias_saturations", exported.bias_saturations},
                             {"clamped_scales", exported.clamped_scales}}}};
 
-  // The integer engine (traced calq::nn models; imported graphs are checked against ONNX
-  // Runtime only).
+  // The integer engine: along the trace of a calq::nn model, node by node on an imported graph.
+  // An op it cannot run is recorded, like a model ONNX Runtime rejects.
   at::Tensor engine;
-  if (model.imported_model) {
-    entry["int_top1"] = nullptr;
-    entry["int_error"] = "the integer engine runs traced calq::nn models, not imported graphs";
-  } else {
+  try {
     std::vector<at::Tensor> engine_parts;
     for (int64_t start = 0; start < n; start += c.batch_size) {
       const at::Tensor x = all.images.narrow(0, start, std::min(c.batch_size, n - start));
-      engine_parts.push_back(deploy::run_integer(*model.module, t, {x}).outputs.at(0));
+      engine_parts.push_back(
+          model.imported_model
+              ? deploy::run_integer(*model.imported_model->graph, {x}).outputs.at(0)
+              : deploy::run_integer(*model.module, t, {x}).outputs.at(0));
     }
     engine = at::cat(engine_parts);
     entry["int_top1"] = top1(engine, target);
     entry["int_argmax_agree"] =
         engine.argmax(1).eq(simulated.argmax(1)).to(at::kDouble).mean().item<double>();
+  } catch (const c10::Error& error) {
+    engine = at::Tensor();
+    entry["int_top1"] = nullptr;
+    entry["int_error"] = error.what_without_backtrace();
   }
 
   // ONNX Runtime.

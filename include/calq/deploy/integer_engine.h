@@ -13,6 +13,9 @@
 #include "calq/trace.h"
 
 namespace calq {
+namespace graph {
+class GraphImpl;
+}  // namespace graph
 namespace deploy {
 
 /// How an integer accumulator is brought onto the output grid.
@@ -58,6 +61,14 @@ struct IntegerResult {
 /// formulas are in docs/deploy.md. Throws naming the module for an op it cannot run.
 IntegerResult run_integer(torch::nn::Module& model, const Trace& trace,
                           const std::vector<at::Tensor>& inputs,
+                          const IntegerEngineOptions& options = {});
+
+/// The same for a graph (an imported ONNX model; prepared, fused, read only), node by node as
+/// the graph exporter writes it (export_qdq(ImportedModel)): calq::nn modules as above; other
+/// nodes (FloatFunction) in float on their inputs' dequantized values, quantized where the
+/// export puts a QuantizeLinear. IntegerResult::integers is keyed by node name ("name/k" for
+/// the k-th output of a node with several).
+IntegerResult run_integer(graph::GraphImpl& graph, const std::vector<at::Tensor>& inputs,
                           const IntegerEngineOptions& options = {});
 
 }  // namespace deploy

@@ -31,6 +31,9 @@ struct ExportOptions {
   /// tensor, to compare a runtime's integer result layer by layer without changing its
   /// fusion). Empty (default): the model's outputs. Traced models only.
   TORCH_ARG(std::vector<int64_t>, outputs) = {};
+  /// The same for an imported graph: value names of the graph (GraphImpl's, as in the file)
+  /// to make the outputs, each under its own name. Empty (default): the graph's outputs.
+  TORCH_ARG(std::vector<std::string>, output_values) = {};
 };
 
 /// What the export wrote and what a user should know about it.
