@@ -221,17 +221,21 @@ CALQ_ALWAYS_INLINE void pact_forward_loop(const T* __restrict x, T* __restrict y
   }
 }
 
-// Eq. 7, backward; lanes as in lsq_loop.
+// Eq. 7, backward; lanes as in lsq_loop. On an unsigned grid (eq. 7c) the clip is [0, alpha]:
+// only the upper clip depends on alpha, and x passes its gradient for 0 <= x < alpha.
 template <typename T>
 CALQ_ALWAYS_INLINE double pact_backward_loop(const T* __restrict x, const T* __restrict dy,
-                                             T* __restrict dx, int64_t n, T alpha) {
+                                             T* __restrict dx, int64_t n, T alpha,
+                                             bool unsigned_grid) {
   T lanes[kLanes<T>] = {};
   int64_t i = 0;
-  const auto element = [alpha](T xi, T g, T& contribution) {
+  const T signed_factor = unsigned_grid ? T(0) : T(1);
+  const auto element = [alpha, unsigned_grid, signed_factor](T xi, T g, T& contribution) {
     const T upper = xi >= alpha ? g : T(0);
     const T lower = xi <= -alpha ? g : T(0);
-    contribution = upper - lower;
-    return (xi > -alpha) & (xi < alpha) ? g : T(0);
+    contribution = upper - signed_factor * lower;
+    const bool above_low = unsigned_grid ? xi >= T(0) : xi > -alpha;
+    return above_low & (xi < alpha) ? g : T(0);
   };
   for (; i + kLanes<T> <= n; i += kLanes<T>) {
     for (int64_t j = 0; j < kLanes<T>; ++j) {
@@ -298,8 +302,8 @@ CALQ_ALWAYS_INLINE double pact_backward_loop(const T* __restrict x, const T* __r
     CALQ_BY_ROUNDING(rounding, (pact_forward_loop<T, R>(x, y, n, alpha, p)));                     \
   }                                                                                               \
   CALQ_TARGET_CLONES double pact_backward_chunk(const T* x, const T* dy, T* dx, int64_t n,        \
-                                                T alpha) {                                        \
-    return pact_backward_loop<T>(x, dy, dx, n, alpha);                                            \
+                                                T alpha, bool unsigned_grid) {                    \
+    return pact_backward_loop<T>(x, dy, dx, n, alpha, unsigned_grid);                             \
   }
 
 CALQ_DEFINE_CHUNKS(float)
@@ -561,7 +565,8 @@ void pact_forward_impl(const at::Tensor& x, double alpha, double scale, int64_t 
 }
 
 template <typename T>
-double pact_backward_impl(const at::Tensor& x, const at::Tensor& dy, double alpha, at::Tensor& dx) {
+double pact_backward_impl(const at::Tensor& x, const at::Tensor& dy, double alpha,
+                          bool unsigned_grid, at::Tensor& dx) {
   const Plan plan(layout_of(x, -1));
   const T* xp = x.data_ptr<T>();
   const T* gp = dy.data_ptr<T>();
@@ -569,8 +574,8 @@ double pact_backward_impl(const at::Tensor& x, const at::Tensor& dy, double alph
   std::vector<double> partial(plan.items(), 0.0);
   parallel_items(plan, [&](int64_t item) {
     plan.for_each_slice(item, [&](int64_t offset, int64_t n) {
-      partial[item] +=
-          pact_backward_chunk(xp + offset, gp + offset, dxp + offset, n, static_cast<T>(alpha));
+      partial[item] += pact_backward_chunk(xp + offset, gp + offset, dxp + offset, n,
+                                           static_cast<T>(alpha), unsigned_grid);
     });
   });
   double sum = 0.0;
@@ -636,13 +641,15 @@ void pact_forward(const at::Tensor& x, double alpha, double scale, int64_t quant
       x.scalar_type(), pact_forward_impl<T>(x, alpha, scale, quant_min, quant_max, rounding, y));
 }
 
-double pact_backward(const at::Tensor& x, const at::Tensor& dy, double alpha, at::Tensor& dx) {
+double pact_backward(const at::Tensor& x, const at::Tensor& dy, double alpha, at::Tensor& dx,
+                     bool unsigned_grid) {
   check_same(x, dy);
   check_same(x, dx);
   if (x.numel() == 0) {
     return 0.0;
   }
-  return CALQ_DISPATCH_FLOAT_DOUBLE(x.scalar_type(), pact_backward_impl<T>(x, dy, alpha, dx));
+  return CALQ_DISPATCH_FLOAT_DOUBLE(x.scalar_type(),
+                                    pact_backward_impl<T>(x, dy, alpha, unsigned_grid, dx));
 }
 
 }  // namespace kernels

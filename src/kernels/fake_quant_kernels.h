@@ -44,8 +44,10 @@ void pact_forward(const at::Tensor& x, double alpha, double scale, int64_t quant
                   int64_t quant_max, Rounding rounding, at::Tensor& y);
 
 /// Eq. 7 backward: dx = dy for -alpha < x < alpha, else 0; returns
-/// dalpha = sum(dy * [x >= alpha]) - sum(dy * [x <= -alpha]).
-double pact_backward(const at::Tensor& x, const at::Tensor& dy, double alpha, at::Tensor& dx);
+/// dalpha = sum(dy * [x >= alpha]) - sum(dy * [x <= -alpha]). On an unsigned grid (eq. 7c,
+/// clip [0, alpha]): dx = dy for 0 <= x < alpha, dalpha = sum(dy * [x >= alpha]).
+double pact_backward(const at::Tensor& x, const at::Tensor& dy, double alpha, at::Tensor& dx,
+                     bool unsigned_grid = false);
 
 }  // namespace kernels
 }  // namespace calq

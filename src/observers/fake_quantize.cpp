@@ -53,10 +53,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-double half_steps(const QuantSpec& spec) {
-  return static_cast<double>(spec.quant_max() - spec.quant_min()) / 2.0;
-}
-
 }  // namespace
 
 FakeQuantState fake_quant_state_from_string(const std::string& name) {
@@ -148,9 +144,10 @@ FakeQuantizeImpl::FakeQuantizeImpl(FakeQuantMethod method, observers::Observer o
   }
   zero_point_ = register_buffer("zero_point", at::empty({0}, at::kInt));
   if (method_ == FakeQuantMethod::pact) {
-    TORCH_CHECK(!spec().per_channel() && spec().symmetric() && !spec().unsigned_grid(), context,
-                " is per-tensor symmetric only (one learned clip alpha); got spec ", spec().str(),
-                ". For weights use fake_quant or lsq, or set per_channel false");
+    TORCH_CHECK(!spec().per_channel() && spec().symmetric(), context,
+                " is per-tensor with zero point 0 only (one learned clip alpha: [-alpha, alpha], "
+                "or [0, alpha] on an unsigned grid); got spec ",
+                spec().str(), ". For weights use fake_quant or lsq, or set per_channel false");
     const double alpha = options_.pact_alpha();
     TORCH_CHECK(std::isfinite(alpha) && alpha > 0.0, context, ": alpha = ", alpha,
                 " is invalid; it must be finite and > 0");
@@ -259,7 +256,7 @@ double FakeQuantizeImpl::pact_alpha_value(bool observer_had_data) const {
     std::tie(lo, hi) = observer_->range();
     const double bound = std::max(std::abs(lo.item<double>()), std::abs(hi.item<double>()));
     // A zero range (all-zero calibration data) would make alpha 0; keep the scale floor.
-    return std::max(bound, kMinScale * half_steps(spec()));
+    return std::max(bound, kMinScale * pact_steps(spec()));
   }
   return std::max(std::abs(alpha_.item<double>()), kMinScale);
 }
@@ -418,7 +415,7 @@ bool FakeQuantizeImpl::scale_clamped() const {
     case FakeQuantMethod::lsq:
       return initialized() ? log2_scale_clamped(log2_scale_) : observer_->power_of_two_clamped();
     case FakeQuantMethod::pact:
-      return power_of_two_clamped(pact_alpha_value(observer_->has_data()) / half_steps(spec()),
+      return power_of_two_clamped(pact_alpha_value(observer_->has_data()) / pact_steps(spec()),
                                   PowerOfTwoRounding::nearest);
   }
   return false;
@@ -532,8 +529,9 @@ CalibrationLoad FakeQuantizeImpl::load_calibration(const FakeQuantizeImpl& sourc
       result.copied_entries.insert(result.copied_entries.end(), {"scale", "zero_point"});
       break;
     case FakeQuantMethod::pact: {
-      // The calibrated threshold: the real value of half the steps at the calibrated scale.
-      const double threshold = scale.to(at::kDouble).item<double>() * half_steps(to);
+      // The calibrated threshold: the real value of the steps alpha spans at the calibrated
+      // scale (half of them on a signed grid).
+      const double threshold = scale.to(at::kDouble).item<double>() * pact_steps(to);
       alpha_.fill_(threshold);
       set_scale_state(at::full({1}, pact_scale(alpha_.item<double>(), to), at::kFloat),
                       at::zeros({1}, at::kInt));

@@ -238,16 +238,16 @@ struct PactFunction : public torch::autograd::Function<PactFunction> {
     const double alpha_value = alpha.detach().to(at::kCPU, at::kDouble).item<double>();
     check_scale_value(alpha_value, x.scalar_type(), op, "alpha", 0);
     const double scale = pact_scale(alpha_value, spec);
-    check_scale_value(scale, x.scalar_type(), op, "alpha / ((quant_max - quant_min) / 2)", 0);
+    check_scale_value(scale, x.scalar_type(), op, "alpha / pact_steps(spec)", 0);
     // eq. 7b: on the power-of-two grid the clip moves with the scale; otherwise this is alpha.
-    const double clip =
-        spec.power_of_two() ? scale * ((spec.quant_max() - spec.quant_min()) / 2.0) : alpha_value;
+    const double clip = spec.power_of_two() ? scale * pact_steps(spec) : alpha_value;
     const at::Tensor input = x.contiguous();
     at::Tensor y = at::empty(input.sizes(), input.options());
     kernels::pact_forward(input, clip, scale, spec.quant_min(), spec.quant_max(), spec.rounding(),
                           y);
     ctx->save_for_backward({input});
     ctx->saved_data["alpha"] = clip;
+    ctx->saved_data["unsigned"] = spec.unsigned_grid();
     ctx->saved_data["alpha_sizes"] = alpha.sizes().vec();
     ctx->saved_data["alpha_dtype"] = static_cast<int64_t>(alpha.scalar_type());
     return y;
@@ -258,8 +258,8 @@ struct PactFunction : public torch::autograd::Function<PactFunction> {
     const at::Tensor input = ctx->get_saved_variables()[0];
     const at::Tensor dy = grad_outputs[0].contiguous();
     at::Tensor dx = at::empty(input.sizes(), input.options());
-    const double dalpha =
-        kernels::pact_backward(input, dy, ctx->saved_data["alpha"].toDouble(), dx);
+    const double dalpha = kernels::pact_backward(input, dy, ctx->saved_data["alpha"].toDouble(), dx,
+                                                 ctx->saved_data["unsigned"].toBool());
     const auto alpha_dtype = static_cast<at::ScalarType>(ctx->saved_data["alpha_dtype"].toInt());
     at::Tensor dalpha_tensor = at::full(ctx->saved_data["alpha_sizes"].toIntVector(), dalpha,
                                         at::TensorOptions().dtype(alpha_dtype));
@@ -321,11 +321,16 @@ at::Tensor pact_fake_quantize(const at::Tensor& x, const at::Tensor& alpha, cons
   return PactFunction::apply(x, alpha, spec);
 }
 
+double pact_steps(const QuantSpec& spec) {
+  const double steps = static_cast<double>(spec.quant_max() - spec.quant_min());
+  return spec.unsigned_grid() ? steps : steps / 2.0;
+}
+
 double pact_scale(double alpha, const QuantSpec& spec) {
   TORCH_CHECK(std::isfinite(alpha) && alpha > 0, "pact: alpha = ", alpha,
               " is invalid; it must be finite and > 0");
-  // eq. 7: alpha maps to half the number of steps.
-  const double scale = alpha / ((spec.quant_max() - spec.quant_min()) / 2.0);
+  // eq. 7: alpha maps to half the number of steps (every step on an unsigned grid, eq. 7c).
+  const double scale = alpha / pact_steps(spec);
   return spec.power_of_two() ? power_of_two_scale(scale, PowerOfTwoRounding::nearest) : scale;
 }
 

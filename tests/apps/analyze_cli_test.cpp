@@ -108,6 +108,79 @@ TEST(AnalyzeCli, AutoRecipeFileReproducesAndFeedsQat) {
   EXPECT_NE(r.output.find(" 0 mismatched"), std::string::npos) << r.output;
 }
 
+// --target-drop 0 at 4/4 cannot be met by observers alone: auto promotes the most sensitive
+// points (int16 activations, or float) and says so; the recipe file records the promotions.
+TEST(AnalyzeCli, TargetDropPromotesPoints) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  for (const std::string promotion : {"int16", "float"}) {
+    SCOPED_TRACE(promotion);
+    const std::string out = temp_dir("target_drop_" + promotion);
+    Result r = run_cli("calibrate --observer auto --bits 8/4 --target-drop 0 --promotion " +
+                       promotion + " " + kSmall + " --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("promoted (most output recovery first): "), std::string::npos)
+        << r.output;
+    const nlohmann::json j = read_json(out + "/calibrated/auto.recipe.json");
+    int promoted = 0;
+    for (const auto& item : j.at("by_name").items()) {
+      const auto& activation = item.value().at("activation");
+      if (promotion == "float" && activation.is_null()) ++promoted;
+      if (promotion == "int16" && !activation.is_null() &&
+          activation.at("qkwargs").value("dtype", "") == "qint16") {
+        ++promoted;
+      }
+    }
+    EXPECT_GT(promoted, 0) << j.dump();
+    if (promotion == "int16") {
+      // ONNX Runtime has no int16 kernels: the summary states the cost.
+      EXPECT_NE(r.output.find("int16 activations run as DequantizeLinear"), std::string::npos)
+          << r.output;
+    }
+    // The recipe file reproduces the promoted calibration.
+    const double top1 = validation_top1(r.output);
+    r = run_cli("calibrate --qconfig " + out + "/calibrated/auto.recipe.json --bits 8/4 " + kSmall +
+                " --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_DOUBLE_EQ(validation_top1(r.output), top1);
+  }
+}
+
+// `calq run --observers min_max,auto`: auto is a row of results.json "calibration" with its
+// search, and cannot end below min_max on the validation split (min_max is a candidate).
+TEST(AnalyzeCli, RunHasAnAutoRow) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = temp_dir("run_auto");
+  Result r = run_cli(std::string("run --observers min_max,auto --methods none --bits 4/4 ") +
+                     kSmall + " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json results = read_json(out + "/results.json");
+  const auto& calibration = results.at("calibration");
+  ASSERT_TRUE(calibration.contains("auto")) << calibration.dump();
+  EXPECT_TRUE(calibration.at("auto").at("auto").contains("candidates"));
+  EXPECT_TRUE(std::filesystem::exists(out + "/calibrated/auto.recipe.json"));
+  EXPECT_GE(calibration.at("auto").at("val_top1").get<double>(),
+            calibration.at("min_max").at("val_top1").get<double>());
+}
+
+// --target ort-cpu puts activations after ReLU on unsigned grids; pact trains there with the
+// clip [0, alpha] (eq. 7c) from the calibrated threshold, and its export runs as simulated.
+TEST(AnalyzeCli, PactTrainsOnUnsignedGrids) {
+  if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = temp_dir("pact_unsigned");
+  Result r = run_cli(std::string("run --target ort-cpu --observers percentile --methods pact ") +
+                     kSmall + " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json results = read_json(out + "/results.json");
+  const double calibrated = results.at("calibration").at("percentile").at("val_top1");
+  const double pact = results.at("qat").at("pact").at("val_top1");
+  EXPECT_GE(pact, calibrated - 5.0);  // one short epoch from the calibration: no collapse
+  const auto& deployed = results.at("deploy").at("qat_pact");
+  EXPECT_GE(deployed.at("int_argmax_agree").get<double>(), 0.99) << deployed.dump();
+  if (!deployed.contains("ort_error")) {
+    EXPECT_EQ(deployed.at("ort_vs_int_max_abs").get<double>(), 0.0) << deployed.dump();
+  }
+}
+
 TEST(AnalyzeCli, RecoveryStepsAlone) {
   if (!dataset_installed()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const std::string out = temp_dir("steps");

@@ -223,6 +223,28 @@ TEST(Cli, RunsAnImportedModelOnUnlabelledDataByDistillation) {
       << (outputs["int"] - outputs["ort"]).abs().max().item<double>();
 }
 
+// auto on an imported model with data without labels: candidates are scored by top-1
+// agreement with the float model, and the auto row is at least min_max's.
+TEST(Cli, AutoCalibratesAnImportedModelWithoutLabels) {
+  const std::string out = temp_dir("onnx_auto");
+  const std::string data = write_unlabelled_npz(out + "_data", 384, {1, 8, 8});
+  Result r = run_cli("run --model " + kModels + "workflow_op13.onnx --data " + data +
+                     " --val-size 128 --observers min_max,auto --methods none --bits 4/4 "
+                     "--calib-batches 2 --batch-size 64 --threads 1 --quiet --out " +
+                     out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(out + "/results.json");
+  const nlohmann::json results = nlohmann::json::parse(in);
+  EXPECT_FALSE(results.at("data").at("labels").get<bool>());
+  const auto& calibration = results.at("calibration");
+  ASSERT_TRUE(calibration.contains("auto")) << calibration.dump();
+  for (const auto& candidate : calibration.at("auto").at("auto").at("candidates")) {
+    EXPECT_TRUE(candidate.contains("name")) << candidate.dump();
+  }
+  EXPECT_GE(calibration.at("auto").at("val_top1").get<double>(),
+            calibration.at("min_max").at("val_top1").get<double>());
+}
+
 TEST(Cli, InferWritesEveryOutputOfAnImportedModelByName) {
   const std::string out = temp_dir("infer");
   std::filesystem::create_directories(out);

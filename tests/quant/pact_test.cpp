@@ -61,6 +61,38 @@ TEST(Pact, GradientsHandComputed) {
   EXPECT_EQ(g[1].sizes(), alpha.sizes());
 }
 
+// Eq. 7c, the original PACT for non-negative activations: clip [0, alpha] on the unsigned
+// grid, scale alpha / 15 at 4 bits. alpha 7.5 -> scale 0.5, exact.
+TEST(Pact, UnsignedGridHandComputed) {
+  const QuantSpec spec = QuantSpec().dtype(QuantDtype::qint4).unsigned_grid(true);
+  ASSERT_EQ(spec.quant_min(), 0);
+  ASSERT_EQ(spec.quant_max(), 15);
+  EXPECT_EQ(pact_scale(7.5, spec), 0.5);
+  EXPECT_EQ(pact_steps(spec), 15.0);
+  const at::Tensor x =
+      torch::tensor({-3.0, -0.2, 0.0, 0.74, 0.75, 1.3, 7.5, 9.0, kNaN, kInf, -kInf}, torch::kDouble)
+          .requires_grad_(true);
+  const at::Tensor alpha = torch::full({1}, 7.5, torch::kDouble).requires_grad_(true);
+  const at::Tensor y = pact_fake_quantize(x, alpha, spec);
+  // Brute force: clip to [0, 7.5], then round(c / 0.5) half to even, times 0.5.
+  const std::vector<double> expected = {0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 7.5, 7.5, 0.0, 7.5, 0.0};
+  for (size_t i = 0; i < expected.size(); ++i) {
+    if (i == 8) {
+      EXPECT_TRUE(std::isnan(y[8].item<double>()));
+      continue;
+    }
+    EXPECT_EQ(y[i].item<double>(), expected[i]) << "x = " << x[i].item<double>();
+  }
+  const at::Tensor dy = torch::arange(1, 12, torch::kDouble);
+  const auto g = torch::autograd::grad({y}, {x, alpha}, {dy});
+  // dx passes for 0 <= x < alpha: 0.0, 0.74, 0.75, 1.3 (dy 3, 4, 5, 6).
+  EXPECT_TRUE(same_values(
+      g[0],
+      torch::tensor({0.0, 0.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0}, torch::kDouble)));
+  // Only the upper clip depends on alpha: 7.5, 9.0, +Inf (dy 7, 8, 10); nothing below 0 counts.
+  EXPECT_EQ(g[1].item<double>(), 7.0 + 8.0 + 10.0);
+}
+
 TEST(Pact, MatchesReferenceAndAten) {
   torch::manual_seed(21);
   for (int64_t n : kSizes) {

@@ -41,11 +41,17 @@ at::Tensor lsq_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
 /// scale = power_of_two_scale(alpha / half_steps, nearest), clip at alpha' = scale * half_steps;
 /// the gradient reaches alpha straight through (dalpha computed at alpha'). NaN x gives NaN and
 /// no gradient; +Inf counts as x >= alpha, -Inf as x <= -alpha.
+/// On an unsigned grid (spec.unsigned_grid(), eq. 7c; the original PACT for non-negative
+/// activations): c = clamp(x, 0, alpha), scale = alpha / (quant_max - quant_min); dx = dy for
+/// 0 <= x < alpha, dalpha = sum(dy * [x >= alpha]).
 at::Tensor pact_fake_quantize(const at::Tensor& x, const at::Tensor& alpha, const QuantSpec& spec);
 
-/// The scale PACT uses for `alpha` (eq. 7 / 7b): alpha / ((quant_max - quant_min) / 2), on the
+/// The scale PACT uses for `alpha` (eq. 7 / 7b): alpha / pact_steps(spec), on the
 /// power-of-two grid (nearest, clamped) when spec.power_of_two(). alpha finite and > 0.
 double pact_scale(double alpha, const QuantSpec& spec);
+/// The number of steps alpha spans: (quant_max - quant_min) / 2 on a signed grid (alpha maps
+/// to half of them), quant_max - quant_min on an unsigned one (eq. 7c: the clip is [0, alpha]).
+double pact_steps(const QuantSpec& spec);
 
 /// A power-of-two scale learned through its base-2 logarithm (eq. 6b; lsq under the bernoulli
 /// march, as in TQT, Jain et al. 2019): forward 2^k with k = floor(log2_scale + 0.5) clamped
