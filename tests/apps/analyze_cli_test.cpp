@@ -9,6 +9,7 @@
 #include <fstream>
 #include <regex>
 #include <string>
+#include <vector>
 
 #include "apps/cli_runner.h"
 #include "calq/data/fashion_mnist.h"
@@ -203,6 +204,25 @@ TEST(AnalyzeCli, RecoveryStepsAlone) {
   r = run_cli(std::string("evaluate --model mobilenet --checkpoint ") + out +
               "/calibrated/percentile.pt " + kSmall + " --out " + out);
   ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  // Paired against the float model on the same images: both top-1s, the difference (the
+  // quantized minus the float one) and its interval.
+  r = run_cli(std::string("evaluate --model mobilenet --checkpoint ") + out +
+              "/float_mobilenet.pt --versus " + out + "/calibrated/percentile.pt " + kSmall +
+              " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string text = r.output;
+  std::vector<double> values;
+  const std::regex top1_pattern("test top-1 ([0-9.]+)%");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), top1_pattern);
+       it != std::sregex_iterator(); ++it) {
+    values.push_back(std::stod((*it)[1]));
+  }
+  ASSERT_EQ(values.size(), 2u) << text;
+  std::smatch diff;
+  ASSERT_TRUE(std::regex_search(text, diff, std::regex("on 256 test images: ([-+][0-9.]+) pt")))
+      << text;
+  EXPECT_NEAR(std::stod(diff[1]), values[1] - values[0], 0.006) << text;
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "calq/deploy/integer_engine.h"
 #include "calq/deploy/onnxruntime.h"
 #include "calq/deploy/qdq_export.h"
+#include "calq/pipeline/statistics.h"
 #include "calq/pipeline/training.h"
 #include "calq/trace.h"
 #include "calq/util/atomic_file.h"
@@ -93,20 +94,36 @@ int calibrate_command(const RunConfig& config, const std::string& observer,
   return 0;
 }
 
-int evaluate_command(const RunConfig& config, const std::string& checkpoint) {
+int evaluate_command(const RunConfig& config, const std::string& checkpoint,
+                     const std::string& versus) {
   Workspace ws = open_workspace(config);
-  ModelMeta meta;
-  Model model = load_model(checkpoint, &meta);
-  check_workspace_fits(model, ws);
-  ModelMeta float_meta = meta;
-  float_meta.prepared = false;
-  const Model reference = build_model(float_meta);
-  copy_float_state(*model.module, *reference.module);
   const data::SourcePtr set = ws.test ? ws.test : ws.validation;
-  const double top1 = score(ws, model, reference, set, meta.prepared).top1;
-  if (!ws.writer()) return 0;
-  std::cout << checkpoint << ": " << (ws.test ? "test" : "validation") << " top-1 " << top1 << "%"
-            << (meta.prepared ? " (quantized, VALIDATION)" : " (float)") << "\n";
+  // One saved model's top-1 (labels, or agreement with its own float weights without them).
+  auto evaluate_one = [&ws, &set](const std::string& path) {
+    ModelMeta meta;
+    Model model = load_model(path, &meta);
+    check_workspace_fits(model, ws);
+    ModelMeta float_meta = meta;
+    float_meta.prepared = false;
+    const Model reference = build_model(float_meta);
+    copy_float_state(*model.module, *reference.module);
+    const pipeline::Evaluation e = score(ws, model, reference, set, meta.prepared);
+    if (ws.writer()) {
+      std::cout << path << ": " << (ws.test ? "test" : "validation") << " top-1 " << e.top1 << "%"
+                << (meta.prepared ? " (quantized, VALIDATION)" : " (float)") << "\n";
+    }
+    return e;
+  };
+  const pipeline::Evaluation a = evaluate_one(checkpoint);
+  if (versus.empty()) return 0;
+  // The same images for both: the difference, its 95 % interval and McNemar's test.
+  const pipeline::Evaluation b = evaluate_one(versus);
+  const pipeline::PairedComparison c = pipeline::compare_paired(a.correct, b.correct);
+  if (ws.writer()) {
+    std::cout << "paired, " << versus << " - " << checkpoint << " on " << c.n << " "
+              << (ws.test ? "test" : "validation") << " images: " << c.str() << " (" << c.verdict()
+              << ")\n";
+  }
   return 0;
 }
 

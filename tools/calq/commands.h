@@ -11,7 +11,9 @@ namespace cli {
 int train_command(const RunConfig& config);
 int calibrate_command(const RunConfig& config, const std::string& observer,
                       const std::string& qconfig_file);
-int evaluate_command(const RunConfig& config, const std::string& checkpoint);
+/// `versus`: a second saved model, compared image by image on the same set (paired).
+int evaluate_command(const RunConfig& config, const std::string& checkpoint,
+                     const std::string& versus = "");
 int qat_command(const RunConfig& config, const std::string& method, const std::string& calibrated,
                 const std::string& qconfig_file);
 /// Writes the scales as JSON (`json_path`) and/or the model as QDQ ONNX (`onnx_path`).

@@ -176,6 +176,10 @@ int main(int argc, char** argv) {
   auto* evaluate = app.add_subcommand("evaluate", "top-1 accuracy of a saved model");
   add_run_options(*evaluate, config, config_file);
   evaluate->add_option("--checkpoint", checkpoint, "model file written by calq")->required();
+  std::string versus;
+  evaluate->add_option("--versus", versus,
+                       "a second model file: paired comparison on the same images (difference, "
+                       "95 % interval, McNemar)");
 
   auto* qat = app.add_subcommand("qat", "QAT from a calibrated model, then validate");
   add_run_options(*qat, config, config_file);
@@ -241,7 +245,7 @@ int main(int argc, char** argv) {
     if (chosen == train) return calq::cli::train_command(resolved);
     if (chosen == analyze) return calq::cli::analyze_command(resolved);
     if (chosen == calibrate) return calq::cli::calibrate_command(resolved, observer, qconfig_file);
-    if (chosen == evaluate) return calq::cli::evaluate_command(resolved, checkpoint);
+    if (chosen == evaluate) return calq::cli::evaluate_command(resolved, checkpoint, versus);
     if (chosen == qat) return calq::cli::qat_command(resolved, method, calibrated, qconfig_file);
     if (chosen == export_scales) {
       return calq::cli::export_command(checkpoint, json_path, onnx_path);
