@@ -291,7 +291,8 @@ class GraphExporter {
     } else if (type == "ReLU" || type == "ReLU6") {
       set(node, 0,
           w_.close(path, fq, in(node, 0).name,
-                   type == "ReLU" ? nn::Activation::relu : nn::Activation::relu6));
+                   type == "ReLU" ? nn::Activation::relu : nn::Activation::relu6,
+                   /*after_op=*/false));
     } else if (type == "AdaptiveAvgPool2d" && node.op_type == "GlobalAveragePool") {
       const std::string y = b_.node("GlobalAveragePool", {in(node, 0).name}, path + "/gap");
       set(node, 0, w_.close(path, fq, y, nn::Activation::none));

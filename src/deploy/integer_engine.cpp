@@ -30,6 +30,11 @@ struct EngineValue {
   int64_t lo = 0, hi = 0;  // stored range
   at::Tensor real;         // float32, for float values
   QuantSpec spec;
+  // A float value that keeps a grid for its readers without being on it (a constant Pad
+  // whose value is off the grid: the export writes no QuantizeLinear after it, yet the
+  // weighted layer reading it adds an int32 bias at this grid's scale and a pass-through op
+  // after it is requantized onto the grid, as the simulation does).
+  bool grid_hint = false;
 };
 
 // The stored grid of an output quantizer under the profile.
@@ -107,6 +112,57 @@ at::Tensor requantize(const at::Tensor& acc, const std::vector<float>& multiplie
   return out;
 }
 
+// Eval mode for a model (every module) while in scope; the previous modes come back after.
+class EvalScope {
+ public:
+  explicit EvalScope(torch::nn::Module& model) {
+    modules_ = model.modules(/*include_self=*/true);
+    for (const auto& m : modules_) training_.push_back(m->is_training());
+    for (const auto& m : modules_) m->train(false);
+  }
+  ~EvalScope() {
+    for (size_t i = 0; i < modules_.size(); ++i) modules_[i]->train(training_[i]);
+  }
+  EvalScope(const EvalScope&) = delete;
+  EvalScope& operator=(const EvalScope&) = delete;
+
+ private:
+  std::vector<std::shared_ptr<torch::nn::Module>> modules_;
+  std::vector<bool> training_;
+};
+
+// ONNX padding of a convolution node (begin, end per spatial dim) for an input of spatial
+// size `in`: explicit pads, or auto_pad SAME_UPPER / SAME_LOWER / VALID (the importer's rule).
+std::vector<std::pair<int64_t, int64_t>> onnx_pads(const graph::Node& node, at::IntArrayRef in,
+                                                   at::IntArrayRef kernel, at::IntArrayRef stride,
+                                                   at::IntArrayRef dilation) {
+  const int64_t spatial = static_cast<int64_t>(in.size());
+  std::vector<std::pair<int64_t, int64_t>> out(spatial, {0, 0});
+  std::string auto_pad = "NOTSET";
+  if (auto it = node.attributes.find("auto_pad"); it != node.attributes.end()) {
+    if (const auto* v = c10::get_if<std::string>(&it->second)) auto_pad = *v;
+  }
+  std::vector<int64_t> pads(2 * spatial, 0);
+  if (auto it = node.attributes.find("pads"); it != node.attributes.end()) {
+    if (const auto* v = c10::get_if<std::vector<int64_t>>(&it->second)) pads = *v;
+  }
+  TORCH_CHECK(static_cast<int64_t>(pads.size()) == 2 * spatial, "pads has ", pads.size(),
+              " values for ", spatial, " spatial dimensions");
+  for (int64_t i = 0; i < spatial; ++i) {
+    if (auto_pad == "NOTSET") {
+      out[i] = {pads[i], pads[i + spatial]};
+    } else if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      const int64_t size = (in[i] + stride[i] - 1) / stride[i];
+      const int64_t extent = (kernel[i] - 1) * dilation[i] + 1;
+      const int64_t total = std::max<int64_t>(0, (size - 1) * stride[i] + extent - in[i]);
+      const int64_t small = total / 2, large = total - small;
+      out[i] =
+          auto_pad == "SAME_UPPER" ? std::make_pair(small, large) : std::make_pair(large, small);
+    }
+  }
+  return out;
+}
+
 class Engine {
  public:
   explicit Engine(const IntegerEngineOptions& options) : options_(options) {}
@@ -140,6 +196,9 @@ class Engine {
   IntegerResult run(graph::GraphImpl& g, const std::vector<at::Tensor>& inputs) {
     TORCH_CHECK(inputs.size() == g.input_names().size(), "integer engine: the model takes ",
                 g.input_names().size(), " inputs, got ", inputs.size());
+    // Inference semantics whatever the caller left the graph in (Dropout, batch norm); the
+    // modes are restored on return and on error.
+    EvalScope eval(g);
     values_.clear();
     graph_ = &g;
     std::map<std::string, int64_t> ids;
@@ -153,7 +212,11 @@ class Engine {
       return id;
     };
     for (size_t i = 0; i < inputs.size(); ++i) {
-      values_[id_of(g.input_names()[i])].real = inputs[i].to(at::kFloat).contiguous();
+      // Floating inputs as float32 (the export's input type); integer inputs (token ids) as
+      // they are.
+      const at::Tensor& x = inputs[i];
+      values_[id_of(g.input_names()[i])].real =
+          (at::isFloatingType(x.scalar_type()) ? x.to(at::kFloat) : x).contiguous();
     }
     IntegerResult result;
     for (const graph::Node& node : g.nodes()) {
@@ -171,12 +234,18 @@ class Engine {
         } else if (runs_in_float(*call.module)) {
           run_float_module(node, call, outputs);
         } else {
-          TORCH_CHECK(!outputs.empty(), "node '", node.name, "' has no output");
+          TORCH_CHECK(!outputs.empty(), "the node has no output");
+          pad_explicitly(node, call);
           values_[outputs[0]] = run_call(call);
         }
       } catch (const c10::Error& e) {
+        std::string why = e.what_without_backtrace();
+        const std::string prefix = "integer engine: ";
+        if (why.compare(0, prefix.size(), prefix) == 0) why = why.substr(prefix.size());
+        TORCH_CHECK(false, "integer engine: node '", node.name, "' (", node.op_type, "): ", why);
+      } catch (const std::exception& e) {
         TORCH_CHECK(false, "integer engine: node '", node.name, "' (", node.op_type,
-                    "): ", e.what_without_backtrace());
+                    "): ", e.what());
       }
       if (!options_.keep_integers()) continue;
       for (size_t k = 0; k < outputs.size(); ++k) {
@@ -187,7 +256,7 @@ class Engine {
         result.integers[key] = IntegerTensor{v.q, at::full({1}, v.scale), v.zero};
       }
     }
-    for (const std::string& name : g.output_names()) add_output(result, values_.at(ids.at(name)));
+    for (const std::string& name : g.output_names()) add_output(result, values_[id_of(name)]);
     return result;
   }
 
@@ -218,7 +287,8 @@ class Engine {
     }
     const FakeQuantize fq = ff.output_fake_quant();
     const bool pass = graph::is_pass_through(node) && !call.inputs.empty() &&
-                      !node.inputs[0].empty() && input(call, 0).quantized;
+                      !node.inputs[0].empty() &&
+                      (input(call, 0).quantized || input(call, 0).grid_hint);
     for (size_t k = 0; k < outputs.size() && k < results.size(); ++k) {
       EngineValue v;
       v.real = results[k];
@@ -226,13 +296,53 @@ class Engine {
       if (floating && !fq.is_empty()) {
         v = grid_of(*fq, options_.profile());
         v.q = quantize(results[k], v);
-      } else if (floating && pass && !pads_off_grid(node)) {
+      } else if (floating && pass && pads_off_grid(node)) {
         v = input(call, 0);
+        v.quantized = false;
+        v.grid_hint = true;
+        v.q = at::Tensor();
+        v.real = results[k];
+      } else if (floating && pass) {
+        v = input(call, 0);
+        v.quantized = true;
+        v.grid_hint = false;
         v.real = at::Tensor();
         v.q = quantize(results[k], v);
       }
       values_[outputs[k]] = v;
     }
+  }
+
+  // A convolution node with asymmetric or automatic padding: the importer builds its module
+  // without padding and pads the input in the node's function; here the input is padded with
+  // the zero point (real 0, exact on the grid), as the exported Conv's pads do.
+  void pad_explicitly(const graph::Node& node, TracedCall& call) {
+    auto* conv = dynamic_cast<nn::detail::ConvBlockImpl*>(call.module);
+    if (conv == nullptr || call.inputs.empty()) return;
+    const auto& o = conv->conv->options;
+    const auto& padding = c10::get<torch::ExpandingArray<2>>(o.padding());
+    const EngineValue& x = input(call, 0);
+    const at::Tensor& t = x.quantized ? x.q : x.real;
+    TORCH_CHECK(t.dim() == 4, "Conv: input must be 4-d, got ", t.sizes());
+    const auto pads = onnx_pads(node, t.sizes().slice(2), conv->conv->weight.sizes().slice(2),
+                                *o.stride(), *o.dilation());
+    bool explicit_pads = false;
+    for (size_t i = 0; i < pads.size(); ++i) {
+      explicit_pads |= pads[i].first != pads[i].second || pads[i].first != (*padding)[i];
+    }
+    if (!explicit_pads) return;
+    TORCH_CHECK((*padding)[0] == 0 && (*padding)[1] == 0,
+                "asymmetric pads on a module that pads itself");
+    EngineValue padded = x;
+    const std::vector<int64_t> flat = {pads[1].first, pads[1].second, pads[0].first,
+                                       pads[0].second};
+    if (x.quantized) {
+      padded.q = at::constant_pad_nd(x.q, flat, static_cast<double>(x.zero));
+    } else {
+      padded.real = at::constant_pad_nd(x.real, flat, 0.0);
+    }
+    call.inputs[0] = static_cast<int64_t>(values_.size());
+    values_.push_back(padded);
   }
 
   // Quantization points the runtime runs as DequantizeLinear -> float op -> QuantizeLinear
@@ -351,6 +461,14 @@ class Engine {
     return out;
   }
 
+  // The bias a float-input layer adds: int32 at s_x * s_w (dequantized) when its input keeps a
+  // grid (grid_hint), as the export writes it; the float bias otherwise.
+  static at::Tensor hinted_bias(nn::QuantModuleImpl& m, const at::Tensor& bias,
+                                const EngineValue& x) {
+    if (!x.grid_hint || !bias.defined() || m.weight_fake_quant().is_empty()) return bias;
+    return quantize_bias(bias, x.scale, m.weight_fake_quant()->qparams().first).dequantized();
+  }
+
   // M_c = fr(fr(s_x * s_w[c]) / s_y).
   static std::vector<float> multipliers(float s_x, const std::vector<float>& s_w, float s_y) {
     std::vector<float> m;
@@ -391,8 +509,8 @@ class Engine {
       const at::Tensor weight = conv.weight_fake_quant().is_empty()
                                     ? folded.first
                                     : conv.weight_fake_quant()->forward(folded.first);
-      const at::Tensor y = at::conv2d(x.real, weight, folded.second, *o.stride(), *padding,
-                                      *o.dilation(), o.groups());
+      const at::Tensor y = at::conv2d(x.real, weight, hinted_bias(conv, folded.second, x),
+                                      *o.stride(), *padding, *o.dilation(), o.groups());
       return activate(close_float(call, y), activation);
     }
     const Weights w = integer_weights(call, folded.first, folded.second, x);
@@ -412,11 +530,24 @@ class Engine {
       const at::Tensor weight = linear.weight_fake_quant().is_empty()
                                     ? linear.linear->weight
                                     : linear.weight_fake_quant()->forward(linear.linear->weight);
-      return activate(close_float(call, at::linear(x.real, weight, bias)), activation);
+      return activate(close_float(call, at::linear(x.real, weight, hinted_bias(linear, bias, x))),
+                      activation);
     }
     const Weights w = integer_weights(call, linear.linear->weight, bias, x);
-    const at::Tensor acc = at::mm((x.q - x.zero).to(at::kDouble), w.w.t()) + w.bias_q;
-    return weighted_output(call, acc, w, x, activation);
+    // Inputs of more than 2 dimensions ([N, T, K] of a transformer's MatMul): the product over
+    // the last axis, channels requantized as rows of a 2-d accumulator, shape restored.
+    const int64_t k = x.q.size(-1);
+    const at::Tensor acc =
+        at::mm((x.q - x.zero).to(at::kDouble).reshape({-1, k}), w.w.t()) + w.bias_q;
+    EngineValue out = weighted_output(call, acc, w, x, activation);
+    std::vector<int64_t> shape = x.q.sizes().vec();
+    shape.back() = acc.size(1);
+    if (out.quantized) {
+      out.q = out.q.reshape(shape);
+    } else {
+      out.real = out.real.reshape(shape);
+    }
+    return out;
   }
 
   // QLinearAdd (ONNX Runtime's AVX2 kernel): rAC = fr(sa / sc), rBC = fr(sb / sc),

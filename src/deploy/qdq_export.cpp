@@ -73,8 +73,9 @@ class Exporter {
     return values_[call.inputs[i]];
   }
 
-  Value close(const TracedCall& call, const std::string& op_output, nn::Activation activation) {
-    return w_.close(call.path, call.module->output_fake_quant(), op_output, activation);
+  Value close(const TracedCall& call, const std::string& op_output, nn::Activation activation,
+              bool after_op = true) {
+    return w_.close(call.path, call.module->output_fake_quant(), op_output, activation, after_op);
   }
 
   void export_call(const TracedCall& call) {
@@ -112,7 +113,8 @@ class Exporter {
       out = close(call, y, nn::Activation::none);
     } else if (type == "ReLU" || type == "ReLU6") {
       out = close(call, input(call, 0).name,
-                  type == "ReLU" ? nn::Activation::relu : nn::Activation::relu6);
+                  type == "ReLU" ? nn::Activation::relu : nn::Activation::relu6,
+                  /*after_op=*/false);
     } else if (auto* pool = dynamic_cast<nn::MaxPool2dImpl*>(m)) {
       const auto& o = pool->pool->options;
       const std::vector<int64_t> kernel = dims(o.kernel_size());

@@ -131,7 +131,7 @@ Value QdqWriter::quantize(const std::string& input, const Quant& q, const std::s
 }
 
 Value QdqWriter::close(const std::string& path, const FakeQuantize& quantizer,
-                       const std::string& op_output, nn::Activation activation) {
+                       const std::string& op_output, nn::Activation activation, bool after_op) {
   if (quantizer.is_empty()) {
     report_.float_outputs.push_back(path);
     if (activation == nn::Activation::none) return Value{op_output, c10::nullopt};
@@ -142,7 +142,7 @@ Value QdqWriter::close(const std::string& path, const FakeQuantize& quantizer,
     report_.float_kernels.push_back(path);
   }
   if (activation == nn::Activation::none) return quantize(op_output, q, path);
-  if (options_.profile().quantize_before_relu && !q.spec.unsigned_grid()) {
+  if (after_op && options_.profile().quantize_before_relu && !q.spec.unsigned_grid()) {
     // op -> Q(s, z) -> DQ -> activation -> Q(s, z) -> DQ: the runtime fuses the first group
     // into its integer kernel; the activation of multiples of s requantizes exactly. (An
     // unsigned grid's zero point is the type's minimum: the runtime fuses op -> Relu -> Q.)

@@ -55,9 +55,13 @@ class QdqWriter {
   /// An op's float output closed by the module's output quantizer `quantizer` (empty: the
   /// output stays float and `path` is reported as a float output) and `activation`. With a
   /// quantizer and an activation the profile's quantize_before_relu writes
-  /// op -> Q -> DQ -> activation -> Q -> DQ, so that the runtime fuses the op.
+  /// op -> Q -> DQ -> activation -> Q -> DQ, so that the runtime fuses the op. `after_op`
+  /// false: a standalone activation module (`op_output` is its input), written
+  /// activation -> Q -> DQ: there is no op to fuse, and a Q right after the previous value's
+  /// DQ would let ONNX Runtime merge the two pairs (its DoubleQDQPairsRemover) into one
+  /// rounding of the float value, which is not the two roundings calq simulates.
   Value close(const std::string& path, const FakeQuantize& quantizer, const std::string& op_output,
-              nn::Activation activation);
+              nn::Activation activation, bool after_op = true);
 
   /// Relu, or Clip(0, 6) for relu6; `activation` must not be none.
   std::string apply_activation(nn::Activation activation, const std::string& input,

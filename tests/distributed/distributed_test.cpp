@@ -306,8 +306,10 @@ TEST_P(DataParallelQat, EqualsOneProcessWithTheSameGlobalBatch) {
   std::vector<std::string> args{"qat", out, method, epochs, "run"};
   std::vector<std::string> control{"qat", out, method, epochs, "ulp", "ulp"};
   if (GetParam().distill) args.push_back("distill"), control.push_back("distill");
+  // The control run measures the recipes whose extremes sit on a rounding tie (below).
+  const bool tie_sensitive = method == "fake_quant" || method == "pact" || method == "lsq";
   ASSERT_EQ(run_single(args), 0);
-  ASSERT_EQ(run_single(control), 0);
+  if (tie_sensitive) ASSERT_EQ(run_single(control), 0);
   const LaunchResult job = run_job(2, args);
   ASSERT_EQ(job.exit_code(), 0) << job.summary();
 
@@ -317,7 +319,7 @@ TEST_P(DataParallelQat, EqualsOneProcessWithTheSameGlobalBatch) {
   auto rank1 = calq::testing::qat_model(method);
   auto start = calq::testing::qat_model(method);
   load_state(*single, out + "/run.single.pt");
-  load_state(*ulp, out + "/ulp.single.pt");
+  if (tie_sensitive) load_state(*ulp, out + "/ulp.single.pt");
   load_state(*rank0, out + "/run.rank0.pt");
   load_state(*rank1, out + "/run.rank1.pt");
   expect_identical(*rank0, *rank1, "rank 0 vs rank 1");
@@ -344,7 +346,8 @@ TEST_P(DataParallelQat, EqualsOneProcessWithTheSameGlobalBatch) {
     return worst;
   };
   const auto split = divergence(*rank0);
-  const auto control_run = divergence(*ulp);
+  const auto control_run =
+      tie_sensitive ? divergence(*ulp) : std::pair<double, std::string>{0.0, "not run"};
   std::cout << "[ QAT " << method << " ] largest |p_1proc - p| / |p_1proc - p_init|: 2 ranks "
             << split.first << " (" << split.second
             << "), one process from batch-norm weights one ulp higher " << control_run.first << " ("
@@ -360,7 +363,6 @@ TEST_P(DataParallelQat, EqualsOneProcessWithTheSameGlobalBatch) {
   // 0.29 (fake_quant), 0.29 (pact), 0.29 (lsq), 0.46 (percentile). So those recipes must stay
   // closer to one process than that control run; float training and the percentile observer
   // (its scales are bin edges, its extremes saturate) stay at float tolerance.
-  const bool tie_sensitive = method == "fake_quant" || method == "pact" || method == "lsq";
   if (tie_sensitive) {
     EXPECT_LT(split.first, std::min(1e-1, control_run.first)) << split.second;
   } else {

@@ -32,7 +32,9 @@ at::Tensor module_step(nn::QuantModuleImpl& m) {
   return at::Tensor();
 }
 
-// The same for an imported graph's first output, looking back through one-input nodes.
+// The same for an imported graph's first output, looking back through value-moving nodes
+// (Flatten, Reshape, ...; graph::is_pass_through) only: after a float op such as Softmax the
+// output has no grid (steps of 1).
 at::Tensor graph_output_steps(const graph::GraphImpl& g) {
   std::string value = g.output_names().at(0);
   for (int guard = 0; guard < 1000; ++guard) {
@@ -45,7 +47,10 @@ at::Tensor graph_output_steps(const graph::GraphImpl& g) {
     if (producer == nullptr || producer->quant_module() == nullptr) break;
     const at::Tensor step = module_step(*producer->quant_module());
     if (step.defined()) return step;
-    if (producer->inputs.empty() || producer->inputs[0].empty()) break;
+    if (!graph::is_pass_through(*producer) || producer->inputs.empty() ||
+        producer->inputs[0].empty()) {
+      break;
+    }
     value = producer->inputs[0];
   }
   return at::ones({1, 1});
@@ -141,6 +146,10 @@ nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const M
     engine = at::Tensor();
     entry["int_top1"] = nullptr;
     entry["int_error"] = error.what_without_backtrace();
+  } catch (const std::exception& error) {
+    engine = at::Tensor();
+    entry["int_top1"] = nullptr;
+    entry["int_error"] = error.what();
   }
 
   // ONNX Runtime.
@@ -175,10 +184,19 @@ nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const M
       deployed.argmax(1).eq(simulated.argmax(1)).to(at::kDouble).mean().item<double>();
   entry["max_rel_diff"] =
       ((deployed - simulated).abs().max() / simulated.abs().max().clamp_min(1e-30)).item<double>();
+  // Per-channel steps lie along axis 1 of the output ([N, C] or [N, C, H, W]).
+  at::Tensor steps = output_steps(model, t).reshape({-1});
+  std::vector<int64_t> step_shape(static_cast<size_t>(std::max<int64_t>(deployed.dim(), 1)), 1);
+  if (steps.numel() > 1 && deployed.dim() >= 2 && deployed.size(1) == steps.numel()) {
+    step_shape[1] = steps.numel();
+  } else {
+    steps = steps.max().reshape({1});  // a shape the steps do not follow: the coarsest step
+  }
+  steps = steps.reshape(step_shape);
+  const at::Tensor lsb = ((deployed - simulated).abs() / steps).to(at::kDouble);
+  entry["within_1_lsb"] = lsb.le(1.0 + 1e-6).to(at::kDouble).mean().item<double>();
+  entry["max_lsb_diff"] = lsb.max().item<double>();
   if (engine.defined()) {
-    const at::Tensor lsb = ((deployed - simulated).abs() / output_steps(model, t)).to(at::kDouble);
-    entry["within_1_lsb"] = lsb.le(1.0 + 1e-6).to(at::kDouble).mean().item<double>();
-    entry["max_lsb_diff"] = lsb.max().item<double>();
     entry["ort_vs_int_max_abs"] = (deployed - engine).abs().max().item<double>();
   }
   if (runtime != nullptr) {
