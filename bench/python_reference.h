@@ -29,8 +29,12 @@ inline std::string shell_quote(const std::string& s) {
 /// script fails.
 inline nlohmann::json run_python_reference(const std::string& suite, const std::string& script,
                                            const std::vector<std::string>& arguments) {
+#ifdef CALQ_BENCH_DIR
+  const std::string folder = CALQ_BENCH_DIR;
+#else
   std::string folder = __FILE__;
   folder = folder.substr(0, folder.rfind('/'));
+#endif
   std::string command = "/usr/bin/python3 " + shell_quote(folder + "/" + script);
   for (const std::string& argument : arguments) command += " " + shell_quote(argument);
   std::cerr << "running " << command << "\n";
