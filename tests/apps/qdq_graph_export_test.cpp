@@ -303,7 +303,8 @@ INSTANTIATE_TEST_SUITE_P(Models, EngineAgainstRuntime,
                                            "shufflenet_op13", "densenet_op11", "googlenet_op13",
                                            "efficientnet_b0_op17", "fcn_resnet18_op17",
                                            "decoder_op13", "convnext_op13", "vit_op13",
-                                           "hardswish_softmax_op19", "layernorm_op21"));
+                                           "hardswish_softmax_op19", "layernorm_op21",
+                                           "broadcast_add_op13"));
 
 INSTANTIATE_TEST_SUITE_P(Models, TorchvisionExport,
                          ::testing::Values("resnet18_op13", "resnet18_op17_bn", "mobilenet_v2_op11",

@@ -309,6 +309,14 @@ def opset_variants():
           helper.make_node("ConvTranspose", ["x", "wt"], ["y1"], strides=[2, 2],
                            pads=[0, 1, 1, 0], output_padding=[1, 0])],
          [f32(rnd(4, 3, 3, 3), "wt"), f32(rnd(6), "bt")], xi, 2)
+    # Broadcasting between two quantized activations ([N, C, H, W] with [N, C, 1, 1]): ONNX
+    # Runtime's QLinearAdd / QLinearMul on a broadcast operand, against calq's integer engine.
+    lift("broadcast_add_op13",
+         [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=1),
+          helper.make_node("Add", ["x", "m"], ["y0"]),
+          helper.make_node("Add", ["m", "x"], ["y1"]),
+          helper.make_node("Mul", ["x", "m"], ["y2"])],
+         [], xi, 3)
     lift("lift_pool_op13",
          [helper.make_node("AveragePool", ["x"], ["y0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
                            count_include_pad=0),
