@@ -16,6 +16,7 @@
 #include "calq/workflow.h"
 #include "deploy/onnx_builder.h"
 #include "deploy/qdq_writer.h"
+#include "deploy/validation_scope.h"
 
 namespace calq {
 namespace deploy {
@@ -30,41 +31,6 @@ using detail::Value;
 struct Meta {
   std::vector<int64_t> shape;
   at::ScalarType dtype = at::kFloat;
-};
-
-// Puts every quantizer in VALIDATION and the model in eval mode for the example run, and
-// restores each module's own state afterwards (also when the run throws).
-class ExampleRunScope {
- public:
-  explicit ExampleRunScope(torch::nn::Module& model) {
-    modules_ = model.modules(/*include_self=*/false);
-    self_training_ = model.is_training();
-    for (const auto& m : modules_) {
-      training_.push_back(m->is_training());
-      if (auto* fq = dynamic_cast<FakeQuantizeImpl*>(m.get())) {
-        states_.emplace_back(fq, fq->state());
-        fq->set_state(FakeQuantState::VALIDATION);
-      }
-    }
-    model_ = &model;
-    model.eval();
-  }
-  ~ExampleRunScope() {
-    model_->train(self_training_);
-    // modules() lists parents before their children: each train() call resets the subtree,
-    // then the children set their own modes again.
-    for (size_t i = 0; i < modules_.size(); ++i) modules_[i]->train(training_[i]);
-    for (const auto& s : states_) s.first->set_state(s.second);
-  }
-  ExampleRunScope(const ExampleRunScope&) = delete;
-  ExampleRunScope& operator=(const ExampleRunScope&) = delete;
-
- private:
-  torch::nn::Module* model_ = nullptr;
-  bool self_training_ = false;
-  std::vector<std::shared_ptr<torch::nn::Module>> modules_;
-  std::vector<bool> training_;
-  std::vector<std::pair<FakeQuantizeImpl*, FakeQuantState>> states_;
 };
 
 Attribute to_attribute(const std::string& name, const graph::AttributeValue& value) {
@@ -156,7 +122,7 @@ class GraphExporter {
   void run_example(const std::vector<at::Tensor>& inputs) {
     TORCH_CHECK(inputs.size() == g_.input_names().size(), "export: the model takes ",
                 g_.input_names().size(), " inputs; got ", inputs.size(), " example inputs");
-    ExampleRunScope scope(g_);
+    detail::ValidationScope scope(g_);
     at::NoGradGuard no_grad;
     std::map<std::string, at::Tensor> values;
     for (size_t i = 0; i < inputs.size(); ++i) values[g_.input_names()[i]] = inputs[i];

@@ -16,6 +16,8 @@
 #include "calq/nn/float_function.h"
 #include "calq/quant/fake_quant.h"
 #include "calq/quant/qparams.h"
+#include "deploy/validation_scope.h"
+#include "onnx/import/geometry.h"
 
 namespace calq {
 namespace deploy {
@@ -112,57 +114,6 @@ at::Tensor requantize(const at::Tensor& acc, const std::vector<float>& multiplie
   return out;
 }
 
-// Eval mode for a model (every module) while in scope; the previous modes come back after.
-class EvalScope {
- public:
-  explicit EvalScope(torch::nn::Module& model) {
-    modules_ = model.modules(/*include_self=*/true);
-    for (const auto& m : modules_) training_.push_back(m->is_training());
-    for (const auto& m : modules_) m->train(false);
-  }
-  ~EvalScope() {
-    for (size_t i = 0; i < modules_.size(); ++i) modules_[i]->train(training_[i]);
-  }
-  EvalScope(const EvalScope&) = delete;
-  EvalScope& operator=(const EvalScope&) = delete;
-
- private:
-  std::vector<std::shared_ptr<torch::nn::Module>> modules_;
-  std::vector<bool> training_;
-};
-
-// ONNX padding of a convolution node (begin, end per spatial dim) for an input of spatial
-// size `in`: explicit pads, or auto_pad SAME_UPPER / SAME_LOWER / VALID (the importer's rule).
-std::vector<std::pair<int64_t, int64_t>> onnx_pads(const graph::Node& node, at::IntArrayRef in,
-                                                   at::IntArrayRef kernel, at::IntArrayRef stride,
-                                                   at::IntArrayRef dilation) {
-  const int64_t spatial = static_cast<int64_t>(in.size());
-  std::vector<std::pair<int64_t, int64_t>> out(spatial, {0, 0});
-  std::string auto_pad = "NOTSET";
-  if (auto it = node.attributes.find("auto_pad"); it != node.attributes.end()) {
-    if (const auto* v = c10::get_if<std::string>(&it->second)) auto_pad = *v;
-  }
-  std::vector<int64_t> pads(2 * spatial, 0);
-  if (auto it = node.attributes.find("pads"); it != node.attributes.end()) {
-    if (const auto* v = c10::get_if<std::vector<int64_t>>(&it->second)) pads = *v;
-  }
-  TORCH_CHECK(static_cast<int64_t>(pads.size()) == 2 * spatial, "pads has ", pads.size(),
-              " values for ", spatial, " spatial dimensions");
-  for (int64_t i = 0; i < spatial; ++i) {
-    if (auto_pad == "NOTSET") {
-      out[i] = {pads[i], pads[i + spatial]};
-    } else if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
-      const int64_t size = (in[i] + stride[i] - 1) / stride[i];
-      const int64_t extent = (kernel[i] - 1) * dilation[i] + 1;
-      const int64_t total = std::max<int64_t>(0, (size - 1) * stride[i] + extent - in[i]);
-      const int64_t small = total / 2, large = total - small;
-      out[i] =
-          auto_pad == "SAME_UPPER" ? std::make_pair(small, large) : std::make_pair(large, small);
-    }
-  }
-  return out;
-}
-
 class Engine {
  public:
   explicit Engine(const IntegerEngineOptions& options) : options_(options) {}
@@ -196,9 +147,6 @@ class Engine {
   IntegerResult run(graph::GraphImpl& g, const std::vector<at::Tensor>& inputs) {
     TORCH_CHECK(inputs.size() == g.input_names().size(), "integer engine: the model takes ",
                 g.input_names().size(), " inputs, got ", inputs.size());
-    // Inference semantics whatever the caller left the graph in (Dropout, batch norm); the
-    // modes are restored on return and on error.
-    EvalScope eval(g);
     values_.clear();
     graph_ = &g;
     std::map<std::string, int64_t> ids;
@@ -272,12 +220,19 @@ class Engine {
                                                  : c10::nullopt);
   }
 
-  void run_float_function(const graph::Node& node, nn::FloatFunctionImpl& ff,
-                          const TracedCall& call, const std::vector<int64_t>& outputs) {
+  // The node's inputs as real numbers (an undefined tensor for an omitted optional input).
+  std::vector<at::Tensor> dequantized_inputs(const graph::Node& node,
+                                             const TracedCall& call) const {
     std::vector<at::Tensor> args;
     for (size_t i = 0; i < call.inputs.size(); ++i) {
       args.push_back(node.inputs[i].empty() ? at::Tensor() : dequantize(input(call, i)));
     }
+    return args;
+  }
+
+  void run_float_function(const graph::Node& node, nn::FloatFunctionImpl& ff,
+                          const TracedCall& call, const std::vector<int64_t>& outputs) {
+    const std::vector<at::Tensor> args = dequantized_inputs(node, call);
     std::vector<at::Tensor> results;
     {
       // The quantizers are applied below, on the stored grid; the node's own must neither
@@ -324,8 +279,22 @@ class Engine {
     const EngineValue& x = input(call, 0);
     const at::Tensor& t = x.quantized ? x.q : x.real;
     TORCH_CHECK(t.dim() == 4, "Conv: input must be 4-d, got ", t.sizes());
-    const auto pads = onnx_pads(node, t.sizes().slice(2), conv->conv->weight.sizes().slice(2),
-                                *o.stride(), *o.dilation());
+    // The importer's padding rule (explicit pads or auto_pad) on the node's attributes.
+    onnx::detail::Window window;
+    window.spatial = 2;
+    window.kernel = conv->conv->weight.sizes().slice(2).vec();
+    window.strides = {(*o.stride())[0], (*o.stride())[1]};
+    window.dilations = {(*o.dilation())[0], (*o.dilation())[1]};
+    window.pads = {0, 0, 0, 0};
+    if (auto it = node.attributes.find("auto_pad"); it != node.attributes.end()) {
+      if (const auto* v = c10::get_if<std::string>(&it->second)) window.auto_pad = *v;
+    }
+    if (auto it = node.attributes.find("pads"); it != node.attributes.end()) {
+      if (const auto* v = c10::get_if<std::vector<int64_t>>(&it->second)) window.pads = *v;
+    }
+    TORCH_CHECK(window.pads.size() == 4, "Conv: pads has ", window.pads.size(),
+                " values, expected 4");
+    const auto pads = window.resolve(t.sizes().slice(2));
     bool explicit_pads = false;
     for (size_t i = 0; i < pads.size(); ++i) {
       explicit_pads |= pads[i].first != pads[i].second || pads[i].first != (*padding)[i];
@@ -334,12 +303,10 @@ class Engine {
     TORCH_CHECK((*padding)[0] == 0 && (*padding)[1] == 0,
                 "asymmetric pads on a module that pads itself");
     EngineValue padded = x;
-    const std::vector<int64_t> flat = {pads[1].first, pads[1].second, pads[0].first,
-                                       pads[0].second};
     if (x.quantized) {
-      padded.q = at::constant_pad_nd(x.q, flat, static_cast<double>(x.zero));
+      padded.q = onnx::detail::pad_spatial(x.q, pads, static_cast<double>(x.zero));
     } else {
-      padded.real = at::constant_pad_nd(x.real, flat, 0.0);
+      padded.real = onnx::detail::pad_spatial(x.real, pads, 0.0);
     }
     call.inputs[0] = static_cast<int64_t>(values_.size());
     values_.push_back(padded);
@@ -354,29 +321,12 @@ class Engine {
            dynamic_cast<const nn::ReduceMeanImpl*>(&m) != nullptr;
   }
 
-  // The module's own forward in VALIDATION (weights fake-quantized as the export dequantizes
+  // The module's own forward (in VALIDATION: weights fake-quantized as the export dequantizes
   // them, the output on its grid) on the dequantized inputs; the result is stored as integers.
-  // The quantizers' states are restored afterwards.
   void run_float_module(const graph::Node& node, const TracedCall& call,
                         const std::vector<int64_t>& outputs) {
-    std::vector<std::pair<FakeQuantizeImpl*, FakeQuantState>> states;
-    for (const auto& item : node.module->named_modules()) {
-      if (auto* fq = dynamic_cast<FakeQuantizeImpl*>(item.value().get())) {
-        states.emplace_back(fq, fq->state());
-        fq->set_state(FakeQuantState::VALIDATION);
-      }
-    }
-    struct Restore {
-      std::vector<std::pair<FakeQuantizeImpl*, FakeQuantState>>& states;
-      ~Restore() {
-        for (auto& s : states) s.first->set_state(s.second);
-      }
-    } restore{states};
-    std::vector<at::Tensor> args;
-    for (size_t i = 0; i < call.inputs.size(); ++i) {
-      args.push_back(node.inputs[i].empty() ? at::Tensor() : dequantize(input(call, i)));
-    }
-    const std::vector<at::Tensor> results = node.function(*node.module, args);
+    const std::vector<at::Tensor> results =
+        node.function(*node.module, dequantized_inputs(node, call));
     TORCH_CHECK(!outputs.empty() && !results.empty(), "no output");
     values_[outputs[0]] = close_float(call, results[0]);
   }
@@ -794,17 +744,21 @@ Requantization requantization_from_string(const std::string& name) {
   TORCH_CHECK(false, "unknown requantization '", name, "'; valid: float, fixed");
 }
 
+// Both entry points run the model in eval mode with every quantizer in VALIDATION (no
+// observer updates; a module's own forward quantizes its weights as exported), whatever state
+// the caller left it in; the states are restored on return and on error.
 IntegerResult run_integer(torch::nn::Module& model, const Trace& trace,
                           const std::vector<at::Tensor>& inputs,
                           const IntegerEngineOptions& options) {
   at::NoGradGuard no_grad;
-  (void)model;
+  detail::ValidationScope validation(model);
   return Engine(options).run(trace, inputs);
 }
 
 IntegerResult run_integer(graph::GraphImpl& graph, const std::vector<at::Tensor>& inputs,
                           const IntegerEngineOptions& options) {
   at::NoGradGuard no_grad;
+  detail::ValidationScope validation(graph);
   return Engine(options).run(graph, inputs);
 }
 

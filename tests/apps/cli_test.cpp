@@ -22,15 +22,10 @@ namespace {
 using Result = calq_test::CliResult;
 using calq_test::run_cli;
 
-bool dataset_installed() {
-  return std::filesystem::exists(calq::data::fashion_mnist_file(
-      calq::data::fashion_mnist_dir(), calq::data::Split::test, /*labels=*/false));
-}
+using calq_test::dataset_installed;
 
 std::string temp_dir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("calq_cli_test_" + name);
-  std::filesystem::remove_all(dir);
-  return dir.string();
+  return calq_test::fresh_temp_dir("calq_cli_test_" + name);
 }
 
 // Small but real: a few hundred images, one epoch. Quantized accuracy must stay near float.
