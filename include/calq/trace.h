@@ -64,10 +64,11 @@ Trace trace(torch::nn::Module& model, const std::function<at::Tensor(const at::T
 /// model input or a float value.
 FakeQuantize quantizer_of(const Trace& trace, int64_t id);
 
-/// For every module with a weight, records the quantizer of its input
-/// (QuantModuleImpl::set_input_quantizer), so that in VALIDATION it adds its bias as the
-/// deployed integer kernel does (quantize_bias). Call it after prepare_qat (and after a load);
-/// returns how many modules were linked.
+/// For every module, records the quantizer of each input (QuantModuleImpl::
+/// set_input_quantizers), so that in VALIDATION a weighted module adds its bias as the deployed
+/// integer kernel does (quantize_bias) and integer arithmetic (calq::set_integer_arithmetic)
+/// knows every operand's grid. Call it after prepare_qat (and after a load); returns how many
+/// weighted modules were linked to an input quantizer.
 int64_t link_input_quantizers(const Trace& trace);
 
 }  // namespace calq

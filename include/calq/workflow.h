@@ -12,6 +12,7 @@
 
 #include "calq/fake_quantize.h"
 #include "calq/qconfig.h"
+#include "calq/quant/integer_arithmetic.h"
 
 namespace calq {
 
@@ -57,6 +58,14 @@ void prepare_qat(torch::nn::Module& model, const QConfig& global,
 /// (QAT) or eval mode (CALIBRATION, VALIDATION, FLOAT: batch norm uses running statistics, dropout
 /// is off). Throws if the model was not prepared.
 void set_fake_quantize(torch::nn::Module& model, FakeQuantState state);
+
+/// VALIDATION of every calq::nn module of `model` in the deployed runtime's integer arithmetic
+/// (QuantModuleImpl::set_integer_arithmetic), or in the float simulation again (nullopt, the
+/// default). Needs the input links of link_input_quantizers (a graph links itself in
+/// prepare_qat); a module without them keeps the float simulation. Returns how many modules
+/// were set.
+int64_t set_integer_arithmetic(torch::nn::Module& model,
+                               const c10::optional<IntegerArithmetic>& arithmetic);
 
 /// What load_observer_params did. Quantizers are named by module path
 /// ("conv1.output_fake_quant"), state entries by full name ("conv1.output_fake_quant.scale").

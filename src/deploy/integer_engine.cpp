@@ -14,7 +14,7 @@
 #include "calq/graph/graph.h"
 #include "calq/nn.h"
 #include "calq/nn/float_function.h"
-#include "calq/quant/fake_quant.h"
+#include "calq/quant/integer_arithmetic.h"
 #include "calq/quant/qparams.h"
 #include "deploy/validation_scope.h"
 #include "onnx/import/geometry.h"
@@ -46,72 +46,32 @@ EngineValue grid_of(const FakeQuantizeImpl& fq, const Profile& profile) {
   at::Tensor s, z;
   std::tie(s, z) = fq.qparams();
   TORCH_CHECK(s.numel() == 1, "integer engine: per-channel activations are not supported");
-  v.scale = s.item<float>();
   v.spec = fq.spec();
-  // Signed 8-bit grids are stored shifted to uint8; unsigned grids are uint8 / uint16 as they
-  // are (zero point 0).
-  const bool shifted =
-      v.spec.dtype() != QuantDtype::qint16 && !v.spec.unsigned_grid() && profile.uint8_activations;
-  const int64_t shift = shifted ? 128 : 0;
-  v.zero = z.item<int64_t>() + shift;
-  v.lo = v.spec.quant_min() + shift;
-  v.hi = v.spec.quant_max() + shift;
+  const StoredGrid g =
+      stored_grid(v.spec, s.item<float>(), z.item<int64_t>(), profile.uint8_activations);
+  v.scale = g.scale;
+  v.zero = g.zero;
+  v.lo = g.lo;
+  v.hi = g.hi;
   return v;
 }
 
-// QuantizeLinear: clamp(RNE(fr(x / s)) + z).
-at::Tensor quantize(const at::Tensor& x, const EngineValue& grid) {
-  const at::Tensor v = at::div(x.to(at::kFloat), grid.scale).round();  // float32 division, RNE
-  return (v.to(at::kLong) + grid.zero).clamp(grid.lo, grid.hi);
+StoredGrid stored(const EngineValue& v) {
+  StoredGrid g;
+  g.scale = v.scale;
+  g.zero = v.zero;
+  g.lo = v.lo;
+  g.hi = v.hi;
+  return g;
 }
 
-// DequantizeLinear: fr(float(q - z) * s).
+at::Tensor quantize(const at::Tensor& x, const EngineValue& grid) {
+  return integer::quantize_linear(x, stored(grid));
+}
+
 at::Tensor dequantize(const EngineValue& v) {
   if (!v.quantized) return v.real;
-  return (v.q - v.zero).to(at::kFloat) * v.scale;
-}
-
-// Requantizes exact accumulators (float64 holding integers) of output channel c (axis 1) with
-// multipliers M_c (float32) onto `grid`.
-at::Tensor requantize(const at::Tensor& acc, const std::vector<float>& multiplier,
-                      const EngineValue& grid, Requantization mode) {
-  const int64_t channels = static_cast<int64_t>(multiplier.size());
-  std::vector<int64_t> shape(acc.dim(), 1);
-  shape[1] = channels;
-  if (mode == Requantization::float_multiplier) {
-    const at::Tensor m = at::tensor(multiplier, at::kFloat).reshape(shape);
-    const at::Tensor y = (acc.to(at::kFloat) * m).round();  // fr(float(acc) * M), RNE
-    return (y.to(at::kLong) + grid.zero).clamp(grid.lo, grid.hi);
-  }
-  // Fixed point: M = m * 2^-(31 + n), m in [2^30, 2^31); ties round up.
-  at::Tensor out = at::empty(acc.sizes(), at::kLong);
-  const at::Tensor a = acc.to(at::kLong).contiguous();
-  const int64_t per_channel = a.numel() / a.size(0) / channels;
-  const int64_t* pa = a.data_ptr<int64_t>();
-  int64_t* po = out.data_ptr<int64_t>();
-  for (int64_t c = 0; c < channels; ++c) {
-    int exponent = 0;
-    const double mantissa = std::frexp(static_cast<double>(multiplier[c]), &exponent);
-    // M = mantissa * 2^exponent, mantissa in [0.5, 1): m = round(mantissa * 2^31).
-    int64_t m = static_cast<int64_t>(std::llround(mantissa * 2147483648.0));
-    int shift = 31 - exponent;
-    if (m == (int64_t{1} << 31)) {  // rounding reached 2^31: renormalize
-      m >>= 1;
-      shift -= 1;
-    }
-    TORCH_CHECK(shift > 0 && shift < 62, "integer engine: multiplier ", multiplier[c],
-                " is out of the fixed-point range");
-    for (int64_t n = 0; n < a.size(0); ++n) {
-      for (int64_t k = 0; k < per_channel; ++k) {
-        const int64_t i = (n * channels + c) * per_channel + k;
-        const __int128 product = static_cast<__int128>(pa[i]) * m;
-        const int64_t y =
-            static_cast<int64_t>((product + (static_cast<__int128>(1) << (shift - 1))) >> shift);
-        po[i] = std::min(std::max(y + grid.zero, grid.lo), grid.hi);
-      }
-    }
-  }
-  return out;
+  return integer::dequantize_linear(v.q, stored(v));
 }
 
 class Engine {
@@ -366,49 +326,17 @@ class Engine {
       v.real = std::string(activation) == "relu" ? at::relu(v.real) : at::clamp(v.real, 0.0, 6.0);
       return v;
     }
-    if (std::string(activation) == "relu") {
-      v.q = at::clamp_min(v.q, v.zero);
-      return v;
-    }
-    v.q = quantize(at::clamp(dequantize(v), 0.0, 6.0), v);
+    v.q = std::string(activation) == "relu" ? integer::relu(v.q, stored(v))
+                                            : integer::relu6(v.q, stored(v));
     return v;
   }
 
   // Integer weights and bias of a weighted module, per output channel.
-  struct Weights {
-    at::Tensor w;          // float64 integers minus the weight zero point
-    std::vector<float> s;  // weight scale per output channel
-    at::Tensor bias_q;     // float64 integers {C}
-  };
-
-  Weights integer_weights(const TracedCall& call, const at::Tensor& weight, const at::Tensor& bias,
-                          const EngineValue& x) const {
-    const FakeQuantize wfq = call.module->weight_fake_quant();
-    TORCH_CHECK(!wfq.is_empty(), "integer engine: ", call.path,
+  static nn::IntegerWeights integer_weights(const TracedCall& call, const at::Tensor& weight,
+                                            const at::Tensor& bias, const EngineValue& x) {
+    TORCH_CHECK(!call.module->weight_fake_quant().is_empty(), "integer engine: ", call.path,
                 " has a float weight; every weight must be quantized");
-    at::Tensor s, z;
-    std::tie(s, z) = wfq->qparams();
-    const QuantSpec& spec = wfq->spec();
-    at::Tensor simulated;
-    if (wfq->method() == FakeQuantMethod::pact) {
-      simulated = pact_fake_quantize(weight, wfq->named_parameters(false)["alpha"].detach(), spec);
-    } else {
-      simulated = fake_quantize(weight, s, z, spec);
-    }
-    std::vector<int64_t> shape(weight.dim(), 1);
-    shape[0] = -1;
-    const at::Tensor scale =
-        s.to(at::kDouble).reshape(spec.per_channel() ? shape : std::vector<int64_t>{1});
-    Weights out;
-    // simulated = (q - z) s rounded to float once: dividing recovers q - z exactly.
-    out.w = (simulated.to(at::kDouble) / scale).round();
-    const int64_t channels = weight.size(0);
-    const at::Tensor sv = s.to(at::kFloat).reshape({-1});
-    for (int64_t c = 0; c < channels; ++c)
-      out.s.push_back(sv[sv.numel() == 1 ? 0 : c].item<float>());
-    const QuantizedBias qb = quantize_bias(bias, x.scale, s);
-    out.bias_q = qb.values.to(at::kDouble);
-    return out;
+    return call.module->integer_weights(weight, bias, x.scale);
   }
 
   // The bias a float-input layer adds: int32 at s_x * s_w (dequantized) when its input keeps a
@@ -419,31 +347,19 @@ class Engine {
     return quantize_bias(bias, x.scale, m.weight_fake_quant()->qparams().first).dequantized();
   }
 
-  // M_c = fr(fr(s_x * s_w[c]) / s_y).
-  static std::vector<float> multipliers(float s_x, const std::vector<float>& s_w, float s_y) {
-    std::vector<float> m;
-    for (float w : s_w) {
-      const float product = s_x * w;
-      m.push_back(product / s_y);
-    }
-    return m;
-  }
-
-  EngineValue weighted_output(const TracedCall& call, const at::Tensor& acc, const Weights& w,
-                              const EngineValue& x, const char* activation) {
+  EngineValue weighted_output(const TracedCall& call, const at::Tensor& acc,
+                              const nn::IntegerWeights& w, const EngineValue& x,
+                              const char* activation) {
     const FakeQuantize fq = call.module->output_fake_quant();
     if (fq.is_empty()) {
       // No output quantizer: fr(float(acc) * fr(s_x * s_w)) (QGemm / MatMulIntegerToFloat).
-      std::vector<float> product;
-      for (float s : w.s) product.push_back(x.scale * s);
-      std::vector<int64_t> shape(acc.dim(), 1);
-      shape[1] = -1;
       EngineValue v;
-      v.real = acc.to(at::kFloat) * at::tensor(product, at::kFloat).reshape(shape);
+      v.real = integer::float_output(acc, x.scale, w.scale);
       return activate(v, activation);
     }
     EngineValue v = grid_of(*fq, options_.profile());
-    v.q = requantize(acc, multipliers(x.scale, w.s, v.scale), v, options_.requantization());
+    v.q = integer::requantize(acc, integer::requantization_multipliers(x.scale, w.scale, v.scale),
+                              stored(v), options_.requantization());
     return activate(v, activation);
   }
 
@@ -463,10 +379,10 @@ class Engine {
                                       *o.stride(), *padding, *o.dilation(), o.groups());
       return activate(close_float(call, y), activation);
     }
-    const Weights w = integer_weights(call, folded.first, folded.second, x);
-    at::Tensor acc = at::conv2d((x.q - x.zero).to(at::kDouble), w.w, {}, *o.stride(), *padding,
+    const nn::IntegerWeights w = integer_weights(call, folded.first, folded.second, x);
+    at::Tensor acc = at::conv2d((x.q - x.zero).to(at::kDouble), w.values, {}, *o.stride(), *padding,
                                 *o.dilation(), o.groups());
-    acc = acc + w.bias_q.reshape({1, -1, 1, 1});
+    acc = acc + w.bias.reshape({1, -1, 1, 1});
     return weighted_output(call, acc, w, x, activation);
   }
 
@@ -483,12 +399,12 @@ class Engine {
       return activate(close_float(call, at::linear(x.real, weight, hinted_bias(linear, bias, x))),
                       activation);
     }
-    const Weights w = integer_weights(call, linear.linear->weight, bias, x);
+    const nn::IntegerWeights w = integer_weights(call, linear.linear->weight, bias, x);
     // Inputs of more than 2 dimensions ([N, T, K] of a transformer's MatMul): the product over
     // the last axis, channels requantized as rows of a 2-d accumulator, shape restored.
     const int64_t k = x.q.size(-1);
     const at::Tensor acc =
-        at::mm((x.q - x.zero).to(at::kDouble).reshape({-1, k}), w.w.t()) + w.bias_q;
+        at::mm((x.q - x.zero).to(at::kDouble).reshape({-1, k}), w.values.t()) + w.bias;
     EngineValue out = weighted_output(call, acc, w, x, activation);
     std::vector<int64_t> shape = x.q.sizes().vec();
     shape.back() = acc.size(1);
@@ -500,8 +416,7 @@ class Engine {
     return out;
   }
 
-  // QLinearAdd (ONNX Runtime's AVX2 kernel): rAC = fr(sa / sc), rBC = fr(sb / sc),
-  // FP = fr(zc - fma(rAC, za, fr(rBC * zb))), v = fma(a, rAC, fma(b, rBC, FP)), RNE, saturate.
+  // QLinearAdd (calq::integer::add).
   EngineValue run_add(const TracedCall& call, bool relu) {
     const EngineValue& a = input(call, 0);
     const EngineValue& b = input(call, 1);
@@ -511,29 +426,11 @@ class Engine {
       return activate(close_float(call, y), relu ? "relu" : nullptr);
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    const float r_ac = a.scale / out.scale;
-    const float r_bc = b.scale / out.scale;
-    const float fixed = static_cast<float>(out.zero) - std::fma(r_ac, static_cast<float>(a.zero),
-                                                                r_bc * static_cast<float>(b.zero));
-    // Broadcasting (an imported graph's Add of a [N, C, 1, 1] tensor): the same formula per
-    // element of the broadcast shape.
-    const auto both = at::broadcast_tensors({a.q, b.q});
-    const at::Tensor qa = both[0].contiguous();
-    const at::Tensor qb = both[1].contiguous();
-    out.q = at::empty(qa.sizes(), at::kLong);
-    const int64_t* pa = qa.data_ptr<int64_t>();
-    const int64_t* pb = qb.data_ptr<int64_t>();
-    int64_t* po = out.q.data_ptr<int64_t>();
-    for (int64_t i = 0; i < qa.numel(); ++i) {
-      const float v = std::fma(static_cast<float>(pa[i]), r_ac,
-                               std::fma(static_cast<float>(pb[i]), r_bc, fixed));
-      const int64_t r = static_cast<int64_t>(std::nearbyint(v));
-      po[i] = std::min(std::max(r, out.lo), out.hi);
-    }
+    out.q = integer::add(a.q, stored(a), b.q, stored(b), stored(out));
     return activate(out, relu ? "relu" : nullptr);
   }
 
-  // QLinearMul: RNE(fr(fr(float((a - za)(b - zb)) * fr(fr(sa * sb) / sc)) + zc)), saturate.
+  // QLinearMul (calq::integer::mul).
   EngineValue run_mul(const TracedCall& call) {
     const EngineValue& a = input(call, 0);
     const EngineValue& b = input(call, 1);
@@ -542,15 +439,11 @@ class Engine {
       return close_float(call, at::mul(dequantize(a), dequantize(b)));
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    const float m = (a.scale * b.scale) / out.scale;
-    const at::Tensor product = ((a.q - a.zero) * (b.q - b.zero)).to(at::kFloat);
-    const at::Tensor v = (product * m + static_cast<float>(out.zero)).round();
-    out.q = v.to(at::kLong).clamp(out.lo, out.hi);
+    out.q = integer::mul(a.q, stored(a), b.q, stored(b), stored(out));
     return out;
   }
 
-  // QLinearMatMul (two activations): exact integer products summed, then
-  // RNE(fr(float(acc) * fr(fr(sa * sb) / sy))) + zy, saturated.
+  // QLinearMatMul of two activations (calq::integer::matmul).
   EngineValue run_matmul(const TracedCall& call) {
     const EngineValue& a = input(call, 0);
     const EngineValue& b = input(call, 1);
@@ -559,11 +452,7 @@ class Engine {
       return close_float(call, at::matmul(dequantize(a), dequantize(b)));
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    const at::Tensor acc =
-        at::matmul((a.q - a.zero).to(at::kDouble), (b.q - b.zero).to(at::kDouble));
-    const float m = (a.scale * b.scale) / out.scale;
-    const at::Tensor v = (acc.to(at::kFloat) * m).round();
-    out.q = (v.to(at::kLong) + out.zero).clamp(out.lo, out.hi);
+    out.q = integer::matmul(a.q, stored(a), b.q, stored(b), stored(out));
     return out;
   }
 
@@ -588,61 +477,6 @@ class Engine {
     return out;
   }
 
-  // QLinearGlobalAveragePool: RNE(fr(float(sum - N zx) * fr(sx / fr(sy N)))) + zy.
-  EngineValue global_average(const EngineValue& x, EngineValue out) {
-    const int64_t n = x.q.size(2) * x.q.size(3);
-    TORCH_CHECK(n < (int64_t{1} << 24), "integer engine: global average over ", n,
-                " values (ONNX Runtime requires fewer than 2^24)");
-    const at::Tensor sum = x.q.sum({2, 3}, /*keepdim=*/true) - n * x.zero;
-    const float m = x.scale / (out.scale * static_cast<float>(n));
-    const at::Tensor v = (sum.to(at::kFloat) * m).round();
-    out.q = (v.to(at::kLong) + out.zero).clamp(out.lo, out.hi);
-    return out;
-  }
-
-  // QLinearAveragePool (a window smaller than the image, or with pads): dequantize, sum in
-  // float in h, w order, divide by the count, nearbyintf(avg / sy + zy), saturate.
-  EngineValue window_average(const EngineValue& x, EngineValue out, std::vector<int64_t> kernel,
-                             std::vector<int64_t> stride, std::vector<int64_t> pad,
-                             bool count_include_pad, bool ceil_mode) {
-    const at::Tensor real = dequantize(x).contiguous();
-    const int64_t N = real.size(0), C = real.size(1), H = real.size(2), W = real.size(3);
-    auto out_size = [&](int64_t in, int64_t k, int64_t s, int64_t p) {
-      const int64_t span = in + 2 * p - k;
-      int64_t o = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
-      if (ceil_mode && (o - 1) * s >= in + p) --o;
-      return o;
-    };
-    const int64_t OH = out_size(H, kernel[0], stride[0], pad[0]);
-    const int64_t OW = out_size(W, kernel[1], stride[1], pad[1]);
-    out.q = at::empty({N, C, OH, OW}, at::kLong);
-    const float* pr = real.data_ptr<float>();
-    int64_t* po = out.q.data_ptr<int64_t>();
-    for (int64_t nc = 0; nc < N * C; ++nc) {
-      for (int64_t oh = 0; oh < OH; ++oh) {
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          const int64_t h0 = oh * stride[0] - pad[0], w0 = ow * stride[1] - pad[1];
-          const int64_t h1 = std::min(h0 + kernel[0], H + pad[0]);
-          const int64_t w1 = std::min(w0 + kernel[1], W + pad[1]);
-          float sum = 0.0f;
-          int64_t count = 0;
-          for (int64_t h = std::max<int64_t>(h0, 0); h < std::min(h1, H); ++h) {
-            for (int64_t w = std::max<int64_t>(w0, 0); w < std::min(w1, W); ++w) {
-              sum += pr[(nc * H + h) * W + w];
-              ++count;
-            }
-          }
-          if (count_include_pad) count = (h1 - h0) * (w1 - w0);
-          const float avg = sum / static_cast<float>(count);
-          const int64_t r =
-              static_cast<int64_t>(std::nearbyint(avg / out.scale + static_cast<float>(out.zero)));
-          po[(nc * OH + oh) * OW + ow] = std::min(std::max(r, out.lo), out.hi);
-        }
-      }
-    }
-    return out;
-  }
-
   EngineValue run_pool(const TracedCall& call, std::vector<int64_t> kernel,
                        std::vector<int64_t> stride, std::vector<int64_t> pad,
                        bool count_include_pad, bool ceil_mode) {
@@ -654,8 +488,10 @@ class Engine {
     EngineValue out = grid_of(*fq, options_.profile());
     const bool whole_image =
         kernel[0] == x.q.size(2) && kernel[1] == x.q.size(3) && pad[0] == 0 && pad[1] == 0;
-    if (whole_image) return global_average(x, out);
-    return window_average(x, out, kernel, stride, pad, count_include_pad, ceil_mode);
+    out.q = whole_image ? integer::global_average(x.q, stored(x), stored(out))
+                        : integer::window_average(x.q, stored(x), stored(out), kernel, stride, pad,
+                                                  count_include_pad, ceil_mode);
+    return out;
   }
 
   EngineValue run_call(const TracedCall& call) {
@@ -737,12 +573,6 @@ class Engine {
 };
 
 }  // namespace
-
-Requantization requantization_from_string(const std::string& name) {
-  if (name == "float") return Requantization::float_multiplier;
-  if (name == "fixed") return Requantization::fixed_point;
-  TORCH_CHECK(false, "unknown requantization '", name, "'; valid: float, fixed");
-}
 
 // Both entry points run the model in eval mode with every quantizer in VALIDATION (no
 // observer updates; a module's own forward quantizes its weights as exported), whatever state

@@ -24,6 +24,19 @@ Profile ort_cpu_profile() {
   return p;
 }
 
+IntegerArithmetic integer_arithmetic(const Profile& profile, Requantization requantization) {
+  IntegerArithmetic a;
+  a.requantization = requantization;
+  a.uint8_activations = profile.uint8_activations;
+  a.integer_dtypes.clear();
+  for (QuantDtype dtype : {QuantDtype::qint4, QuantDtype::qint8, QuantDtype::qint16}) {
+    if (profile.integer_activation == nullptr || profile.integer_activation(dtype)) {
+      a.integer_dtypes.push_back(dtype);
+    }
+  }
+  return a;
+}
+
 Profile profile_from_string(const std::string& name) {
   if (name == "ort-cpu") return ort_cpu_profile();
   TORCH_CHECK(false, "unknown export profile '", name, "'; valid profiles: ort-cpu");

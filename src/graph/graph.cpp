@@ -237,10 +237,13 @@ int64_t link_input_quantizers(GraphImpl& graph) {
   int64_t linked = 0;
   for (const Node& node : graph.nodes()) {
     nn::QuantModuleImpl* q = node.quant_module();
-    if (q == nullptr || !q->has_weight() || node.inputs.empty()) continue;
-    FakeQuantize quantizer = quantizer_of(node.inputs[0]);
-    if (!quantizer.is_empty()) ++linked;
-    q->set_input_quantizer(quantizer);
+    if (q == nullptr) continue;
+    std::vector<FakeQuantize> quantizers;
+    for (const std::string& input : node.inputs) {
+      quantizers.push_back(input.empty() ? FakeQuantize(nullptr) : quantizer_of(input));
+    }
+    if (q->has_weight() && !quantizers.empty() && !quantizers[0].is_empty()) ++linked;
+    q->set_input_quantizers(std::move(quantizers));
   }
   return linked;
 }

@@ -114,6 +114,17 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
 }
 
 at::Tensor ConvBlockImpl::forward(const at::Tensor& x) {
+  // VALIDATION in integer arithmetic: the deployed QLinearConv, where the block computes its
+  // deployed form (no batch norm, or folded with frozen statistics).
+  const bool deployed_form = !has_bn() || (fused_ && !(is_training() && !bn_frozen_));
+  if (integer_arithmetic() && deployed_form) {
+    at::Tensor weight = conv->weight, bias = conv->bias;
+    if (has_bn()) std::tie(weight, bias) = folded_weight_and_bias();
+    const at::Tensor y = integer_weighted(
+        x, weight, bias, activation_,
+        [this](const at::Tensor& xi, const at::Tensor& wi) { return conv_with(xi, wi, {}); });
+    if (y.defined()) return traced({x}, y);
+  }
   at::Tensor y;
   if (!has_bn()) {
     const at::Tensor weight = quantize_weight(conv->weight);

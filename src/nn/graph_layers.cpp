@@ -53,6 +53,10 @@ const std::vector<std::string>& float_function_type_names() {
 }
 
 at::Tensor MatMulImpl::forward(const at::Tensor& a, const at::Tensor& b) {
+  if (integer_arithmetic()) {
+    const at::Tensor y = integer_binary(a, b, &integer::matmul);  // QLinearMatMul
+    if (y.defined()) return traced({a, b}, y);
+  }
   return traced({a, b}, quantize_output(at::matmul(a, b)));
 }
 

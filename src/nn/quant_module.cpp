@@ -1,7 +1,9 @@
 #include "calq/nn/quant_module.h"
 
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include "calq/quant/fake_quant.h"
 #include "calq/quant/qparams.h"
 
 namespace calq {
@@ -47,16 +49,155 @@ void QuantModuleImpl::prepare(const QConfig& resolved) {
 }
 
 at::Tensor QuantModuleImpl::deployed_bias(const at::Tensor& bias) const {
-  if (!bias.defined() || weight_fake_quant_.is_empty() || input_quantizer_.is_empty() ||
-      weight_fake_quant_->state() != FakeQuantState::VALIDATION ||
-      input_quantizer_->spec().per_channel()) {
+  const FakeQuantize input = input_quantizer();
+  if (!bias.defined() || weight_fake_quant_.is_empty() || input.is_empty() ||
+      weight_fake_quant_->state() != FakeQuantState::VALIDATION || input->spec().per_channel()) {
     return bias;
   }
   at::NoGradGuard no_grad;
-  const double input_scale = input_quantizer_->scale().item<double>();
+  const double input_scale = input->scale().item<double>();
   return quantize_bias(bias, input_scale, weight_fake_quant_->scale())
       .dequantized()
       .to(bias.scalar_type());
+}
+
+IntegerWeights QuantModuleImpl::integer_weights(const at::Tensor& weight, const at::Tensor& bias,
+                                                float input_scale) const {
+  TORCH_CHECK(!weight_fake_quant_.is_empty(), type_name_,
+              ": the weight is float; integer weights need a weight quantizer");
+  at::NoGradGuard no_grad;
+  at::Tensor s, z;
+  std::tie(s, z) = weight_fake_quant_->qparams();
+  const QuantSpec& spec = weight_fake_quant_->spec();
+  // The weight as the export dequantizes it (without running the quantizer's forward, which
+  // would observe outside VALIDATION).
+  at::Tensor simulated;
+  if (weight_fake_quant_->method() == FakeQuantMethod::pact) {
+    simulated = pact_fake_quantize(
+        weight, weight_fake_quant_->named_parameters(false)["alpha"].detach(), spec);
+  } else {
+    simulated = fake_quantize(weight, s, z, spec);
+  }
+  std::vector<int64_t> shape(weight.dim(), 1);
+  shape[0] = -1;
+  const at::Tensor scale =
+      s.to(at::kDouble).reshape(spec.per_channel() ? shape : std::vector<int64_t>{1});
+  IntegerWeights out;
+  // simulated = (q - z) s rounded to float once: dividing recovers q - z exactly.
+  out.values = (simulated.to(at::kDouble) / scale).round();
+  const int64_t channels = weight.size(0);
+  const at::Tensor sv = s.to(at::kFloat).reshape({-1}).contiguous();
+  const float* ps = sv.data_ptr<float>();
+  for (int64_t c = 0; c < channels; ++c) out.scale.push_back(ps[sv.numel() == 1 ? 0 : c]);
+  const at::Tensor b = bias.defined() ? bias : at::zeros({channels}, weight.options());
+  out.bias = quantize_bias(b, input_scale, s).values.to(at::kDouble);
+  return out;
+}
+
+c10::optional<QuantModuleImpl::IntegerValue> QuantModuleImpl::integer_input(
+    size_t index, const at::Tensor& x) const {
+  if (!integer_arithmetic_ || index >= input_quantizers_.size()) return c10::nullopt;
+  const FakeQuantize& fq = input_quantizers_[index];
+  if (fq.is_empty() || fq->state() != FakeQuantState::VALIDATION || fq->spec().per_channel() ||
+      !integer_arithmetic_->computes_in_integers(fq->spec().dtype())) {
+    return c10::nullopt;
+  }
+  if (!x.defined() || x.scalar_type() != at::kFloat) return c10::nullopt;
+  at::Tensor s, z;
+  std::tie(s, z) = fq->qparams();
+  IntegerValue v;
+  v.grid = stored_grid(fq->spec(), s.item<float>(), z.item<int64_t>(),
+                       integer_arithmetic_->uint8_activations);
+  v.q = integer::quantize_linear(x, v.grid);
+  // Only a tensor exactly on the grid is its integers' value: a constant Pad off the grid,
+  // or a float computation between, leaves the float simulation in charge.
+  if (!integer::dequantize_linear(v.q, v.grid).equal(x)) return c10::nullopt;
+  return v;
+}
+
+c10::optional<StoredGrid> QuantModuleImpl::integer_output_grid() const {
+  const FakeQuantize& fq = output_fake_quant_;
+  if (!integer_arithmetic_ || fq.is_empty() || fq->state() != FakeQuantState::VALIDATION ||
+      fq->spec().per_channel() || !integer_arithmetic_->computes_in_integers(fq->spec().dtype())) {
+    return c10::nullopt;
+  }
+  at::Tensor s, z;
+  std::tie(s, z) = fq->qparams();
+  return stored_grid(fq->spec(), s.item<float>(), z.item<int64_t>(),
+                     integer_arithmetic_->uint8_activations);
+}
+
+at::Tensor QuantModuleImpl::real_value(const IntegerValue& v) {
+  return integer::dequantize_linear(v.q, v.grid);
+}
+
+at::Tensor QuantModuleImpl::integer_weighted(const at::Tensor& x, const at::Tensor& weight,
+                                             const at::Tensor& bias, Activation activation,
+                                             const Accumulate& accumulate) const {
+  if (!integer_arithmetic_ || weight_fake_quant_.is_empty() ||
+      weight_fake_quant_->state() != FakeQuantState::VALIDATION) {
+    return at::Tensor();
+  }
+  // Weights wider than 8 bits are dequantized by the runtime unless it states integer kernels
+  // for that width.
+  if (weight_fake_quant_->spec().dtype() == QuantDtype::qint16 &&
+      !integer_arithmetic_->computes_in_integers(QuantDtype::qint16)) {
+    return at::Tensor();
+  }
+  const c10::optional<IntegerValue> in = integer_input(0, x);
+  if (!in) return at::Tensor();
+  c10::optional<StoredGrid> out;
+  if (!output_fake_quant_.is_empty()) {
+    out = integer_output_grid();
+    if (!out) return at::Tensor();
+  }
+  at::NoGradGuard no_grad;
+  const IntegerWeights w = integer_weights(weight, bias, in->grid.scale);
+  const at::Tensor xi = in->q - in->grid.zero;
+  // float32 sums integers exactly while every partial sum stays below 2^24, whatever the
+  // order: guaranteed when max|x| * max_c sum|w_c| < 2^24 (8-bit layers of ordinary width);
+  // float64 (exact to 2^53) otherwise.
+  const double bound =
+      xi.abs().max().item<double>() * w.values.abs().flatten(1).sum(1).max().item<double>();
+  const auto type = bound < 16777216.0 ? at::kFloat : at::kDouble;
+  at::Tensor acc = accumulate(xi.to(type), w.values.to(type)).to(at::kDouble);
+  std::vector<int64_t> shape(acc.dim(), 1);
+  shape[1] = -1;
+  acc = acc + w.bias.reshape(shape);
+  if (!out) {  // QGemm with a float output
+    const at::Tensor y = integer::float_output(acc, in->grid.scale, w.scale);
+    if (activation == Activation::relu) return at::relu(y);
+    if (activation == Activation::relu6) return at::clamp(y, 0.0, 6.0);
+    return y;
+  }
+  at::Tensor q = integer::requantize(
+      acc, integer::requantization_multipliers(in->grid.scale, w.scale, out->scale), *out,
+      integer_arithmetic_->requantization);
+  if (activation == Activation::relu) q = integer::relu(q, *out);
+  if (activation == Activation::relu6) q = integer::relu6(q, *out);
+  return integer::dequantize_linear(q, *out);
+}
+
+at::Tensor QuantModuleImpl::integer_binary(const at::Tensor& a, const at::Tensor& b,
+                                           IntegerBinary op, Activation activation) const {
+  const c10::optional<StoredGrid> out = integer_output_grid();
+  if (!out) return at::Tensor();
+  const c10::optional<IntegerValue> qa = integer_input(0, a);
+  if (!qa) return at::Tensor();
+  const c10::optional<IntegerValue> qb = integer_input(1, b);
+  if (!qb) return at::Tensor();
+  at::Tensor q = op(qa->q, qa->grid, qb->q, qb->grid, *out);
+  if (activation == Activation::relu) q = integer::relu(q, *out);
+  if (activation == Activation::relu6) q = integer::relu6(q, *out);
+  return integer::dequantize_linear(q, *out);
+}
+
+at::Tensor QuantModuleImpl::integer_unary(const at::Tensor& x, const IntegerUnary& op) const {
+  const c10::optional<StoredGrid> out = integer_output_grid();
+  if (!out) return at::Tensor();
+  const c10::optional<IntegerValue> in = integer_input(0, x);
+  if (!in) return at::Tensor();
+  return integer::dequantize_linear(op(in->q, in->grid, *out), *out);
 }
 
 at::Tensor QuantModuleImpl::quantize_weight(const at::Tensor& weight) {

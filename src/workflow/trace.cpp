@@ -105,10 +105,10 @@ FakeQuantize quantizer_of(const Trace& trace, int64_t id) {
 int64_t link_input_quantizers(const Trace& trace) {
   int64_t linked = 0;
   for (const TracedCall& call : trace.calls) {
-    if (!call.module->has_weight() || call.inputs.empty()) continue;
-    FakeQuantize quantizer = quantizer_of(trace, call.inputs[0]);
-    if (!quantizer.is_empty()) ++linked;
-    call.module->set_input_quantizer(quantizer);
+    std::vector<FakeQuantize> quantizers;
+    for (int64_t id : call.inputs) quantizers.push_back(quantizer_of(trace, id));
+    if (call.module->has_weight() && !quantizers.empty() && !quantizers[0].is_empty()) ++linked;
+    call.module->set_input_quantizers(std::move(quantizers));
   }
   return linked;
 }

@@ -169,6 +169,16 @@ void set_fake_quantize(torch::nn::Module& model, FakeQuantState state) {
   for (const auto& fq : quantizers) fq.second->set_state(state);
 }
 
+int64_t set_integer_arithmetic(torch::nn::Module& model,
+                               const c10::optional<IntegerArithmetic>& arithmetic) {
+  int64_t set = 0;
+  for (const auto& module : quant_modules(model)) {
+    module.second->set_integer_arithmetic(arithmetic);
+    ++set;
+  }
+  return set;
+}
+
 std::string LoadReport::str() const {
   std::ostringstream out;
   out << copied.size() << " entries copied, " << converted.size() << " converted, "

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "calq/deploy/onnxruntime.h"
+#include "calq/deploy/profile.h"
 #include "calq/deploy/qdq_export.h"
 #include "calq/nn.h"
 #include "calq/workflow.h"
@@ -140,6 +141,77 @@ TEST(IntegerEngine, AgreesWithTheSimulation) {
               << "), argmax agreement " << agree << "\n";
     EXPECT_GE(within_one, 0.99);
     EXPECT_GE(agree, 0.98);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// ONNX Runtime's numerics on this machine's x86 provider: uint8 activations, 8-bit integer
+// kernels, float multipliers.
+calq::IntegerArithmetic ort_arithmetic() {
+  return calq::deploy::integer_arithmetic(calq::deploy::ort_cpu_profile());
+}
+
+at::Tensor forward_no_grad(calq::zoo::Classifier& model, const at::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  return model->forward(x);
+}
+
+TEST(IntegerArithmetic, SimulationComputesWhatTheEngineComputesBitForBit) {
+  torch::manual_seed(8);
+  const at::Tensor x = torch::randn({64, 1, 28, 28});
+  for (calq::March march : {calq::March::bayes, calq::March::bernoulli}) {
+    for (bool float_output : {false, true}) {
+      for (const std::string& name : calq::zoo::model_names()) {
+        SCOPED_TRACE(name + " " + calq::to_string(march) + (float_output ? " float output" : ""));
+        calq::zoo::Classifier model = calibrated(name, march, float_output);
+        const calq::Trace t = trace_of(model);
+        calq::link_input_quantizers(t);
+        const at::Tensor float_simulation = forward_no_grad(model, x);
+        for (calq::Requantization mode :
+             {calq::Requantization::float_multiplier, calq::Requantization::fixed_point}) {
+          calq::IntegerArithmetic arithmetic = ort_arithmetic();
+          arithmetic.requantization = mode;
+          EXPECT_GT(calq::set_integer_arithmetic(*model, arithmetic), 0);
+          const at::Tensor simulated = forward_no_grad(model, x);
+          calq::set_integer_arithmetic(*model, c10::nullopt);
+          const auto engine = calq::deploy::run_integer(
+              *model, t, {x}, calq::deploy::IntegerEngineOptions().requantization(mode));
+          ASSERT_EQ(simulated.sizes(), engine.outputs[0].sizes());
+          EXPECT_TRUE(simulated.equal(engine.outputs[0]))
+              << "max |diff| " << (simulated - engine.outputs[0]).abs().max().item<double>();
+        }
+        // Unset again: the float simulation, unchanged.
+        EXPECT_TRUE(forward_no_grad(model, x).equal(float_simulation));
+      }
+    }
+  }
+}
+
+TEST(IntegerArithmetic, SimulationEqualsOnnxRuntimeBitForBit) {
+  std::string why;
+  if (!calq::deploy::onnxruntime_available(&why)) GTEST_SKIP() << why;
+  torch::manual_seed(9);
+  const at::Tensor x = torch::randn({256, 1, 28, 28});
+  for (const std::string& name : calq::zoo::model_names()) {
+    SCOPED_TRACE(name);
+    calq::zoo::Classifier model = calibrated(name, calq::March::bayes, /*float_output=*/true);
+    const calq::Trace t = trace_of(model);
+    calq::link_input_quantizers(t);
+    const std::string path = temp_path(name + "_whole.onnx");
+    calq::deploy::export_qdq(*model, t, path);
+    const at::Tensor deployed = calq::deploy::run_onnxruntime(path, {x}).outputs.at(0);
+    const at::Tensor float_simulation = forward_no_grad(model, x);
+    calq::set_integer_arithmetic(*model, ort_arithmetic());
+    const at::Tensor simulated = forward_no_grad(model, x);
+    EXPECT_TRUE(simulated.equal(deployed))
+        << "max |diff| " << (simulated - deployed).abs().max().item<double>();
+    std::cerr << name << ": float simulation vs ONNX Runtime max |diff| "
+              << (float_simulation - deployed).abs().max().item<double>()
+              << "; integer arithmetic vs ONNX Runtime max |diff| "
+              << (simulated - deployed).abs().max().item<double>() << "\n";
   }
 }
 

@@ -11,6 +11,7 @@
 
 #include "calq/deploy/integer_engine.h"
 #include "calq/deploy/onnxruntime.h"
+#include "calq/deploy/profile.h"
 #include "calq/deploy/qdq_export.h"
 #include "calq/graph/graph.h"
 #include "calq/nn.h"
@@ -153,6 +154,20 @@ TEST_P(TorchvisionExport, OnnxRuntimeRunsItOnIntegersAndAgreesWithTheSimulation)
   EXPECT_GE(agreement(simulated, reference), kMinAgreement);
   EXPECT_GE(agreement(simulated, deployed), kMinAgreement);
 
+  // In ONNX Runtime's integer arithmetic the simulation computes what the runtime computes.
+  at::Tensor exact;
+  {
+    torch::NoGradGuard no_grad;
+    calq::set_integer_arithmetic(*m.graph,
+                                 calq::deploy::integer_arithmetic(calq::deploy::ort_cpu_profile()));
+    exact = m.graph->forward(x);
+    calq::set_integer_arithmetic(*m.graph, c10::nullopt);
+  }
+  std::cerr << name << ": simulation in integer arithmetic vs ORT integer kernels: argmax "
+            << "agreement " << agreement(exact, deployed) << ", max " << max_lsb(exact, deployed)
+            << " LSB\n";
+  EXPECT_TRUE(exact.equal(deployed));
+
   // Every convolution and the classifier run on ONNX Runtime's integer kernels.
   const auto ops = op_counts(read_model(options.optimized_model_path));
   EXPECT_EQ(ops.count("Conv"), 0u) << listing(ops);
@@ -273,6 +288,21 @@ TEST_P(EngineAgainstRuntime, SameOutputs) {
   const auto ort = calq::deploy::run_onnxruntime(path, {x}, options);
   const auto engine = calq::deploy::run_integer(*m.graph, {x});
   ASSERT_EQ(engine.outputs.size(), ort.outputs.size());
+  // The simulation in ONNX Runtime's integer arithmetic computes what the engine computes.
+  std::vector<at::Tensor> simulated;
+  {
+    torch::NoGradGuard no_grad;
+    calq::set_integer_arithmetic(*m.graph,
+                                 calq::deploy::integer_arithmetic(calq::deploy::ort_cpu_profile()));
+    simulated = m.graph->forward(std::vector<at::Tensor>{x});
+    calq::set_integer_arithmetic(*m.graph, c10::nullopt);
+  }
+  ASSERT_EQ(simulated.size(), engine.outputs.size());
+  for (size_t k = 0; k < simulated.size(); ++k) {
+    EXPECT_TRUE(simulated[k].equal(engine.outputs[k]))
+        << "output " << k << ": simulation in integer arithmetic vs engine, max |diff| "
+        << (simulated[k] - engine.outputs[k]).abs().max().item<double>();
+  }
   for (size_t k = 0; k < engine.outputs.size(); ++k) {
     const at::Tensor& deployed = ort.outputs[k];
     ASSERT_EQ(engine.outputs[k].sizes(), deployed.sizes()) << "output " << k;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "calq/deploy/profile.h"
+#include "calq/quant/integer_arithmetic.h"
 #include "calq/trace.h"
 
 namespace calq {
@@ -18,17 +19,10 @@ class GraphImpl;
 }  // namespace graph
 namespace deploy {
 
-/// How an integer accumulator is brought onto the output grid.
-enum class Requantization {
-  /// ONNX Runtime's: float(acc) * fr(fr(s_x * s_w) / s_y) in float32, rounded half to even.
-  float_multiplier,
-  /// A fixed-point multiplier and shift, as integer-only accelerators do:
-  /// M = m * 2^-(31 + n) with m in [2^30, 2^31), y = (acc * m + 2^(30 + n)) >> (31 + n) (ties
-  /// round up, unlike float_multiplier); a power-of-two M (the bernoulli march) is a pure shift.
-  fixed_point,
-};
-/// "float" / "fixed"; unknown names throw listing them.
-Requantization requantization_from_string(const std::string& name);
+// Requantization and requantization_from_string live with the arithmetic they select
+// (calq/quant/integer_arithmetic.h).
+using calq::Requantization;
+using calq::requantization_from_string;
 
 struct IntegerEngineOptions {
   /// The profile the model was exported with (storage types and zero points).

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "calq/quant/integer_arithmetic.h"
 #include "calq/quant/quant_spec.h"
 
 namespace calq {
@@ -51,6 +52,12 @@ struct Profile {
 /// (QLinearConv, QGemm, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool / AveragePool,
 /// int8 MaxPool); 16-bit activations and 4-bit weights (stored in int8) as DQ -> float -> Q.
 Profile ort_cpu_profile();
+
+/// The profile's integer arithmetic, for VALIDATION that computes what the runtime computes
+/// (calq::set_integer_arithmetic): its activation storage, the widths it runs in integer
+/// kernels, and `requantization`.
+IntegerArithmetic integer_arithmetic(
+    const Profile& profile, Requantization requantization = Requantization::float_multiplier);
 
 /// Profiles by name; an unknown name throws and lists the valid ones.
 Profile profile_from_string(const std::string& name);

@@ -146,13 +146,14 @@ const std::set<std::string>& pass_through_op_types();
 /// Whether `node` is such a node (a Resize only in "nearest" mode).
 bool is_pass_through(const Node& node);
 
-/// For every node whose module has a weight, records the quantizer of its data input (its
-/// first input) with QuantModuleImpl::set_input_quantizer: the output quantizer of the node
-/// that produced the value, looking through pass-through nodes (is_pass_through) to their
-/// first input; empty for a graph input that no stub quantizes or a float value. Weighted
-/// modules then add their bias in VALIDATION as the deployed integer kernel does (int32 at
-/// s_x * s_w). The graph analogue of calq::link_input_quantizers(Trace); prepare_qat calls it
-/// (GraphImpl::after_prepare). Returns how many modules were linked to a quantizer.
+/// For every node with a calq::nn module, records the quantizer of each input with
+/// QuantModuleImpl::set_input_quantizers: the output quantizer of the node that produced the
+/// value, looking through pass-through nodes (is_pass_through) to their first input; empty
+/// for a graph input that no stub quantizes, a constant or a float value. Weighted modules
+/// then add their bias in VALIDATION as the deployed integer kernel does (int32 at s_x * s_w),
+/// and integer arithmetic (calq::set_integer_arithmetic) knows every operand's grid. The graph
+/// analogue of calq::link_input_quantizers(Trace); prepare_qat calls it (GraphImpl::after_prepare).
+/// Returns how many weighted modules were linked to a quantizer.
 int64_t link_input_quantizers(GraphImpl& graph);
 
 }  // namespace graph

@@ -17,9 +17,6 @@ namespace nn {
 using Conv2dOptions = torch::nn::Conv2dOptions;
 using BatchNorm2dOptions = torch::nn::BatchNorm2dOptions;
 
-/// Activation that closes a fused block.
-enum class Activation { none, relu, relu6 };
-
 namespace detail {
 
 /// conv [-> bn] [-> activation] with one weight slot and one output slot.

@@ -28,7 +28,7 @@ TORCH_MODULE(MaxPool2d);
 class AvgPool2dImpl : public QuantModuleImpl {
  public:
   explicit AvgPool2dImpl(AvgPool2dOptions options);
-  at::Tensor forward(const at::Tensor& x) { return traced({x}, quantize_output(pool->forward(x))); }
+  at::Tensor forward(const at::Tensor& x);
   torch::nn::AvgPool2d pool{nullptr};
 };
 TORCH_MODULE(AvgPool2d);
@@ -37,7 +37,7 @@ TORCH_MODULE(AvgPool2d);
 class AdaptiveAvgPool2dImpl : public QuantModuleImpl {
  public:
   explicit AdaptiveAvgPool2dImpl(AdaptiveAvgPool2dOptions options);
-  at::Tensor forward(const at::Tensor& x) { return traced({x}, quantize_output(pool->forward(x))); }
+  at::Tensor forward(const at::Tensor& x);
   torch::nn::AdaptiveAvgPool2d pool{nullptr};
 };
 TORCH_MODULE(AdaptiveAvgPool2d);

@@ -5,16 +5,28 @@
 #include <c10/util/Optional.h>
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "calq/fake_quantize.h"
 #include "calq/qconfig.h"
+#include "calq/quant/integer_arithmetic.h"
 
 namespace calq {
 namespace nn {
 
 class QuantModuleImpl;
+
+/// Activation that closes a fused block.
+enum class Activation { none, relu, relu6 };
+
+/// A weighted module's weight and bias as the deployed integer kernel holds them.
+struct IntegerWeights {
+  at::Tensor values;         ///< float64 integers, the weight zero point removed; weight's shape
+  std::vector<float> scale;  ///< weight scale per output channel
+  at::Tensor bias;           ///< float64 integers {C}: int32 at s_x * s_w[c] (quantize_bias)
+};
 
 /// Receives every calq::nn module call while calq::trace runs (one recorder per thread).
 class CallRecorder {
@@ -76,10 +88,69 @@ class QuantModuleImpl : public torch::nn::Module {
   /// quantizer, found by calq::link_input_quantizers from a trace); empty if unknown or the
   /// input is float. Not a child: not saved, set again after a load. Weighted modules use it in
   /// VALIDATION to add their bias as the deployed integer kernel does (int32 at s_x * s_w).
-  void set_input_quantizer(FakeQuantize quantizer) { input_quantizer_ = std::move(quantizer); }
-  FakeQuantize input_quantizer() const { return input_quantizer_; }
+  void set_input_quantizer(FakeQuantize quantizer) { input_quantizers_ = {std::move(quantizer)}; }
+  FakeQuantize input_quantizer() const {
+    return input_quantizers_.empty() ? FakeQuantize(nullptr) : input_quantizers_[0];
+  }
+  /// The quantizers of every input in argument order (empty holders for float inputs), as
+  /// link_input_quantizers finds them. Integer arithmetic needs the grid of each operand.
+  void set_input_quantizers(std::vector<FakeQuantize> quantizers) {
+    input_quantizers_ = std::move(quantizers);
+  }
+  const std::vector<FakeQuantize>& input_quantizers() const { return input_quantizers_; }
+
+  /// VALIDATION in the deployed runtime's integer arithmetic instead of the float simulation
+  /// (calq::set_integer_arithmetic sets it on a whole model; unset by default). A module then
+  /// computes exactly what the runtime's integer kernel computes (calq/quant/
+  /// integer_arithmetic.h: exact integer accumulation, the runtime's requantization), provided
+  /// its quantizers are in VALIDATION, its linked inputs lie on their grids and their widths
+  /// run in integers there; otherwise it computes the float simulation, which is what the
+  /// runtime runs for such an op (DequantizeLinear -> float op -> QuantizeLinear).
+  void set_integer_arithmetic(c10::optional<IntegerArithmetic> arithmetic) {
+    integer_arithmetic_ = std::move(arithmetic);
+  }
+  const c10::optional<IntegerArithmetic>& integer_arithmetic() const { return integer_arithmetic_; }
+
+  /// `weight` (after batch-norm folding, before quantization) and `bias` as the deployed kernel
+  /// holds them for an input on a grid of scale `input_scale`. Needs a weight quantizer.
+  IntegerWeights integer_weights(const at::Tensor& weight, const at::Tensor& bias,
+                                 float input_scale) const;
 
  protected:
+  /// A value as the runtime stores it: integers on a grid.
+  struct IntegerValue {
+    at::Tensor q;  ///< int64 stored integers
+    StoredGrid grid;
+  };
+  /// Input `index` (the tensor `x`) as stored integers, when this call runs in integer
+  /// arithmetic: integer arithmetic set, the input's linked quantizer in VALIDATION, per
+  /// tensor, of an integer width, and `x` exactly on its grid. nullopt otherwise.
+  c10::optional<IntegerValue> integer_input(size_t index, const at::Tensor& x) const;
+  /// The output quantizer's stored grid under the same conditions; nullopt otherwise.
+  c10::optional<StoredGrid> integer_output_grid() const;
+  /// Dequantized stored integers: the float value the simulation passes on.
+  static at::Tensor real_value(const IntegerValue& v);
+  /// A weighted layer in integer arithmetic: `accumulate(x_int, w_int)` computes the exact
+  /// integer products summed (output channel on axis 1) from float tensors holding integers;
+  /// then bias, requantization (or the float output of a layer without output quantizer) and
+  /// the closing activation. Undefined when the call does not run in integer arithmetic (see
+  /// integer_input); the caller then computes the float simulation.
+  using Accumulate = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& w)>;
+  at::Tensor integer_weighted(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                              Activation activation, const Accumulate& accumulate) const;
+  /// A two-operand kernel (QLinearAdd, QLinearMul, QLinearMatMul: calq::integer::add, ...) on
+  /// both inputs' integers, then the closing activation, dequantized; undefined when the call
+  /// does not run in integer arithmetic.
+  using IntegerBinary = at::Tensor (*)(const at::Tensor&, const StoredGrid&, const at::Tensor&,
+                                       const StoredGrid&, const StoredGrid&);
+  at::Tensor integer_binary(const at::Tensor& a, const at::Tensor& b, IntegerBinary op,
+                            Activation activation = Activation::none) const;
+  /// A one-operand kernel (the average pools) on the input's integers, dequantized; undefined
+  /// when the call does not run in integer arithmetic.
+  using IntegerUnary =
+      std::function<at::Tensor(const at::Tensor& q, const StoredGrid& x, const StoredGrid& out)>;
+  at::Tensor integer_unary(const at::Tensor& x, const IntegerUnary& op) const;
+
   /// The bias as the deployed model adds it: in VALIDATION, with a quantized weight and a known
   /// input quantizer, quantize_bias(bias, s_x, s_w).dequantized(); otherwise `bias` itself.
   at::Tensor deployed_bias(const at::Tensor& bias) const;
@@ -97,7 +168,8 @@ class QuantModuleImpl : public torch::nn::Module {
   c10::optional<QConfig> resolved_qconfig_;
   FakeQuantize weight_fake_quant_{nullptr};
   FakeQuantize output_fake_quant_{nullptr};
-  FakeQuantize input_quantizer_{nullptr};
+  std::vector<FakeQuantize> input_quantizers_;
+  c10::optional<IntegerArithmetic> integer_arithmetic_;
 };
 
 }  // namespace nn
