@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include <torch/torch.h>
@@ -84,6 +85,37 @@ TEST(Cli, RunWritesResultsReportAndResumes) {
   const nlohmann::json resumed = nlohmann::json::parse(in2);
   EXPECT_EQ(resumed.at("calibration"), results.at("calibration"));
   EXPECT_EQ(resumed.at("qat"), results.at("qat"));
+
+  // Deployment: in ONNX Runtime's integer arithmetic the simulation computes what the runtime
+  // computes, bit for bit; `calq evaluate --arithmetic ort-cpu` reports the deployed top-1.
+  ASSERT_TRUE(results.contains("deploy"));
+  const std::string deployed_calibration = "calibrated_" + chosen;
+  for (const auto& item : results.at("deploy").items()) {
+    const auto& d = item.value();
+    ASSERT_FALSE(d.contains("export_error")) << item.key() << ": " << d.dump();
+    EXPECT_EQ(d.at("int_argmax_agree").get<double>(), 1.0) << item.key() << ": " << d.dump();
+    EXPECT_TRUE(d.at("float_sim").contains("top1")) << item.key();
+    if (d.contains("ort_error")) continue;  // ONNX Runtime not installed
+    EXPECT_EQ(d.at("sim_top1").get<double>(), d.at("ort_top1").get<double>()) << d.dump();
+    EXPECT_EQ(d.at("argmax_agree").get<double>(), 1.0) << item.key() << ": " << d.dump();
+    EXPECT_EQ(d.at("max_lsb_diff").get<double>(), 0.0) << item.key() << ": " << d.dump();
+    EXPECT_TRUE(d.at("float_sim").contains("argmax_agree")) << item.key();
+  }
+  {
+    const double deployed_top1 =
+        results.at("deploy").at(deployed_calibration).at("sim_top1").get<double>();
+    Result exact = run_cli("evaluate --quiet --limit-test 256 --arithmetic ort-cpu --checkpoint " +
+                           out + "/calibrated/" + chosen + ".pt");
+    ASSERT_EQ(exact.exit_code, 0) << exact.output;
+    std::ostringstream expected;
+    expected << "test top-1 " << deployed_top1 << "%";
+    EXPECT_NE(exact.output.find(expected.str()), std::string::npos)
+        << exact.output << " (expected " << expected.str() << ")";
+    Result bad = run_cli("evaluate --quiet --arithmetic int8 --checkpoint " + out + "/calibrated/" +
+                         chosen + ".pt");
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_NE(bad.output.find("valid: float, ort-cpu"), std::string::npos) << bad.output;
+  }
 
   // The single-step subcommands on the run's files.
   Result evaluated =
@@ -196,6 +228,9 @@ TEST(Cli, RunsAnImportedModelOnUnlabelledDataByDistillation) {
     if (d.contains("ort_error")) continue;  // ONNX Runtime not installed
     EXPECT_GE(d.at("argmax_agree").get<double>(), 0.95) << item.key();
     EXPECT_EQ(d.at("ort_vs_int_max_abs").get<double>(), 0.0) << item.key() << ": " << d.dump();
+    // The simulation in ONNX Runtime's integer arithmetic: the runtime's outputs exactly.
+    EXPECT_EQ(d.at("argmax_agree").get<double>(), 1.0) << item.key() << ": " << d.dump();
+    EXPECT_EQ(d.at("max_lsb_diff").get<double>(), 0.0) << item.key() << ": " << d.dump();
   }
   EXPECT_TRUE(std::filesystem::exists(out + "/report.md"));
 

@@ -35,6 +35,7 @@ AutoCalibration auto_calibrate(const Workspace& ws, const Model& float_model, bo
   if (labelled && ws.labelled) {
     options.score([&ws, forward](torch::nn::Module& model) {
       torch::NoGradGuard no_grad;
+      set_integer_arithmetic(model, arithmetic_of(ws.config));
       int64_t correct = 0;
       for (const auto& batch :
            data::SourceBatches(ws.validation, data::BatchOptions(ws.config.batch_size))) {

@@ -28,6 +28,7 @@ pipeline::Evaluation score(const Workspace& ws, Model& model, const Model& refer
                            const data::SourcePtr& data, bool quantized) {
   const pipeline::Forward* against = ws.labelled ? nullptr : &reference.forward;
   reference.module->eval();
+  if (quantized) use_arithmetic(ws.config, model);
   return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against, 512,
                                  "eval", ws.group);
 }

@@ -94,6 +94,14 @@ void RunConfig::validate() const {
                   "'; valid targets: accelerator, ort-cpu");
     }
   }
+  if (arithmetic != "float") {
+    try {
+      deploy::profile_from_string(arithmetic);
+    } catch (const c10::Error&) {
+      TORCH_CHECK(false, "--arithmetic: unknown arithmetic '", arithmetic,
+                  "'; valid: float, ort-cpu");
+    }
+  }
   for (const auto& observer : observers) {
     if (observer == "auto") continue;  // calq::analysis::auto_recipe
     get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();
@@ -158,6 +166,7 @@ nlohmann::json RunConfig::to_json() const {
           {"target_drop", target_drop},
           {"promotion", promotion},
           {"target", target},
+          {"arithmetic", arithmetic},
           {"nproc", nproc},
           {"dist_timeout", dist_timeout}};
 }
@@ -217,6 +226,7 @@ void RunConfig::merge_json(const nlohmann::json& j) {
     get("target_drop", target_drop);
     get("promotion", promotion);
     get("target", target);
+    get("arithmetic", arithmetic);
     get("nproc", nproc);
     get("dist_timeout", dist_timeout);
   } catch (const nlohmann::json::exception& error) {

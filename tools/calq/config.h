@@ -61,6 +61,9 @@ struct RunConfig {
   /// Where the model runs: "accelerator" (signed grids, the default) or an export profile
   /// ("ort-cpu": unsigned grids after ReLU / ReLU6).
   std::string target = "accelerator";
+  /// How VALIDATION computes the top-1 the command reports: "float" (the simulation, the
+  /// default) or an export profile ("ort-cpu": ONNX Runtime's integer kernels, bit for bit).
+  std::string arithmetic = "float";
   /// Local worker processes (ranks) of a data-parallel job started by this command; under an
   /// external launcher (RANK set) the environment describes the job instead.
   int64_t nproc = 1;

@@ -7,6 +7,7 @@
 
 #include "calq/deploy/integer_engine.h"
 #include "calq/deploy/onnxruntime.h"
+#include "calq/deploy/profile.h"
 #include "calq/deploy/qdq_export.h"
 #include "calq/graph/graph.h"
 #include "calq/nn/quant_module.h"
@@ -101,22 +102,30 @@ nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const M
     return {{"export_error", error.what_without_backtrace()}};
   }
 
-  // Simulation and reference (labels or the float model's top-1), batch by batch.
+  // The simulation, in ONNX Runtime's integer arithmetic (what the export computes there,
+  // bit for bit) and in float (what calibration and QAT ranked by), and the reference (labels
+  // or the float model's top-1), batch by batch.
   set_fake_quantize(*model.module, FakeQuantState::VALIDATION);
   float_model.module->eval();
-  std::vector<at::Tensor> sim_parts, ref_parts;
+  std::vector<at::Tensor> sim_parts, float_sim_parts, ref_parts;
   {
     torch::NoGradGuard no_grad;
+    const IntegerArithmetic arithmetic = deploy::integer_arithmetic(deploy::ort_cpu_profile());
     for (int64_t start = 0; start < n; start += c.batch_size) {
       const at::Tensor x = all.images.narrow(0, start, std::min(c.batch_size, n - start));
+      set_integer_arithmetic(*model.module, arithmetic);
       sim_parts.push_back(model.forward(x));
+      set_integer_arithmetic(*model.module, c10::nullopt);
+      float_sim_parts.push_back(model.forward(x));
       if (!all.labels.defined()) ref_parts.push_back(float_model.forward(x).argmax(1));
     }
   }
   const at::Tensor simulated = at::cat(sim_parts);
+  const at::Tensor float_simulated = at::cat(float_sim_parts);
   const at::Tensor target = all.labels.defined() ? all.labels : at::cat(ref_parts);
 
   nlohmann::json entry = {{"sim_top1", top1(simulated, target)},
+                          {"float_sim", {{"top1", top1(float_simulated, target)}}},
                           {"examples", n},
                           {"export",
                            {{"nodes", exported.nodes},
@@ -175,15 +184,12 @@ nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const M
     entry["within_1_lsb"] = nullptr;
     entry["max_lsb_diff"] = nullptr;
     entry["ort_error"] = why;
+    entry["float_sim"]["argmax_agree"] = nullptr;
     std::cerr << "calq: deployment check without ONNX Runtime: " << why << "\n";
     return entry;
   }
   const at::Tensor deployed = ort.outputs.at(0);
   entry["ort_top1"] = top1(deployed, target);
-  entry["argmax_agree"] =
-      deployed.argmax(1).eq(simulated.argmax(1)).to(at::kDouble).mean().item<double>();
-  entry["max_rel_diff"] =
-      ((deployed - simulated).abs().max() / simulated.abs().max().clamp_min(1e-30)).item<double>();
   // Per-channel steps lie along axis 1 of the output ([N, C] or [N, C, H, W]).
   at::Tensor steps = output_steps(model, t).reshape({-1});
   std::vector<int64_t> step_shape(static_cast<size_t>(std::max<int64_t>(deployed.dim(), 1)), 1);
@@ -193,9 +199,18 @@ nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const M
     steps = steps.max().reshape({1});  // a shape the steps do not follow: the coarsest step
   }
   steps = steps.reshape(step_shape);
-  const at::Tensor lsb = ((deployed - simulated).abs() / steps).to(at::kDouble);
-  entry["within_1_lsb"] = lsb.le(1.0 + 1e-6).to(at::kDouble).mean().item<double>();
-  entry["max_lsb_diff"] = lsb.max().item<double>();
+  // Agreement of a simulation with the runtime, into `into`.
+  auto compare = [&](const at::Tensor& sim, nlohmann::json& into) {
+    into["argmax_agree"] =
+        deployed.argmax(1).eq(sim.argmax(1)).to(at::kDouble).mean().item<double>();
+    into["max_rel_diff"] =
+        ((deployed - sim).abs().max() / sim.abs().max().clamp_min(1e-30)).item<double>();
+    const at::Tensor lsb = ((deployed - sim).abs() / steps).to(at::kDouble);
+    into["within_1_lsb"] = lsb.le(1.0 + 1e-6).to(at::kDouble).mean().item<double>();
+    into["max_lsb_diff"] = lsb.max().item<double>();
+  };
+  compare(simulated, entry);
+  compare(float_simulated, entry["float_sim"]);
   if (engine.defined()) {
     entry["ort_vs_int_max_abs"] = (deployed - engine).abs().max().item<double>();
   }

@@ -94,6 +94,10 @@ void add_run_options(CLI::App& app, calq::cli::RunConfig& c, std::string& config
   app.add_option("--target", c.target,
                  "accelerator (signed grids) | ort-cpu (unsigned grids after ReLU)")
       ->capture_default_str();
+  app.add_option("--arithmetic", c.arithmetic,
+                 "how quantized models are evaluated: float (the simulation) | ort-cpu (ONNX "
+                 "Runtime's integer kernels, bit for bit)")
+      ->capture_default_str();
   app.add_option("--nproc", c.nproc,
                  "worker processes of a data-parallel job on this machine (under torchrun or "
                  "another launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: omit)")

@@ -31,6 +31,15 @@ nlohmann::json previous_results(const RunConfig& config) {
   nlohmann::json previous = read_json_file(path);
   nlohmann::json previous_config = previous.value("config", nlohmann::json::object());
   nlohmann::json current_config = config.to_json();
+  // A setting newer than the earlier run, at its default, is what that run used.
+  const nlohmann::json defaults = RunConfig().to_json();
+  const nlohmann::json current_settings = current_config;
+  for (const auto& item : current_settings.items()) {
+    if (!previous_config.contains(item.key()) && defaults.contains(item.key()) &&
+        defaults[item.key()] == item.value()) {
+      current_config.erase(item.key());
+    }
+  }
   // How the work is spread (threads, processes) does not change the results' meaning.
   for (const char* key : {"threads_used", "processes_used", "nproc", "dist_timeout"}) {
     previous_config.erase(key);
@@ -110,6 +119,7 @@ int run_command(const RunConfig& config) {
   const pipeline::Forward* against = ws.labelled ? nullptr : &reference;
   auto evaluate = [&](Model& model, const data::SourcePtr& data, bool quantized,
                       const std::string& label) {
+    if (quantized) use_arithmetic(ws.config, model);
     return pipeline::evaluate_each(*model.module, model.forward, data, quantized, against, 512,
                                    label, ws.group);
   };

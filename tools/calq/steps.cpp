@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "calq/analysis/equalization.h"
+#include "calq/deploy/profile.h"
 #include "calq/distributed/observer_sync.h"
 #include "calq/graph/graph.h"
 #include "calq/nn/quant_module.h"
@@ -339,6 +340,15 @@ ModelMeta ModelMeta::from_json(const nlohmann::json& j) {
     TORCH_CHECK(false, "model description is incomplete: ", error.what());
   }
   return meta;
+}
+
+c10::optional<IntegerArithmetic> arithmetic_of(const RunConfig& config) {
+  if (config.arithmetic == "float") return c10::nullopt;
+  return deploy::integer_arithmetic(deploy::profile_from_string(config.arithmetic));
+}
+
+void use_arithmetic(const RunConfig& config, const Model& model) {
+  set_integer_arithmetic(*model.module, arithmetic_of(config));
 }
 
 Model build_model(const ModelMeta& meta) {

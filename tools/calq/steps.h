@@ -117,6 +117,11 @@ struct ModelMeta {
 /// Builds the model of `meta` (fused, prepared and linked for deployment when prepared), with
 /// the last layer's output and the --exclude layers kept float.
 Model build_model(const ModelMeta& meta);
+/// The arithmetic of VALIDATION that --arithmetic names: nullopt for float (the simulation), a
+/// profile's integer kernels otherwise.
+c10::optional<IntegerArithmetic> arithmetic_of(const RunConfig& config);
+/// Sets it on `model` (calq::set_integer_arithmetic).
+void use_arithmetic(const RunConfig& config, const Model& model);
 void save_model(const Model& model, const ModelMeta& meta, const std::string& path);
 /// Rebuilds and loads a model saved by save_model; errors name the file and the mismatch.
 Model load_model(const std::string& path, ModelMeta* meta = nullptr);
