@@ -4,10 +4,11 @@
     bench/run.sh deploy [--json FILE] [--parts zoo ort224 quantize] [--data DIR] [--threads N]
                         [--images 1000 4000] [--ort-threads 1] [--runs 30]
 
-zoo: latency and peak memory of the four ways to run each zoo model (cnn, resnet, mobilenet at
-   1x28x28), batch 1 and 16, --ort-threads threads everywhere: calq's simulation and calq's
-   integer engine (calq_deploy_zoo_bench, one process each) and ONNX Runtime on the float and
-   the QDQ export (bench/ort_latency.js, graph level "all").
+zoo: latency and peak memory of the five ways to run each zoo model (cnn, resnet, mobilenet at
+   1x28x28), batch 1 and 16, --ort-threads threads everywhere: calq's simulation in float and in
+   ONNX Runtime's integer arithmetic, calq's integer engine (calq_deploy_zoo_bench, one process
+   each) and ONNX Runtime on the float and the QDQ export (bench/ort_latency.js, graph level
+   "all").
 ort224: ONNX Runtime's latency of a ResNet-18-sized model at 3x224x224, float vs its int8 export
    by calq quantize (--images' smallest set), batch 1 and 16.
 quantize: calq quantize's peak memory and calibration time on each --images set.
@@ -69,7 +70,7 @@ def zoo(a, data, results):
     for model in ("cnn", "resnet", "mobilenet"):
         run([exe, "--model", model, "--engine", "export", "--dir", data])
         for batch in (1, 16):
-            for engine in ("sim", "int"):
+            for engine in ("sim", "sim-int", "int"):
                 r = json.loads(run([exe, "--model", model, "--engine", engine, "--dir", data,
                                     "--batch", str(batch), "--threads", str(a.ort_threads),
                                     "--runs", str(a.runs)]).stdout.strip().splitlines()[-1])
@@ -89,12 +90,13 @@ def zoo(a, data, results):
     print("ONNX Runtime %s on %s; %d thread(s) everywhere" % (
         results["onnxruntime"], results["cpu"], a.ort_threads))
     print()
-    print("| model | batch | calq simulation | calq integer engine | ORT float | ORT QDQ int8 |")
-    print("|---|---|---|---|---|---|")
+    print("| model | batch | calq simulation | calq simulation, integer arithmetic | "
+          "calq integer engine | ORT float | ORT QDQ int8 |")
+    print("|---|---|---|---|---|---|---|")
     for model in ("cnn", "resnet", "mobilenet"):
         for batch in (1, 16):
             cells = []
-            for engine in ("sim", "int", "ort_float", "ort_qdq"):
+            for engine in ("sim", "sim-int", "int", "ort_float", "ort_qdq"):
                 r = [r for r in results["zoo"]
                      if r["model"] == model and r["batch"] == batch and r["engine"] == engine][0]
                 cells.append("%.2f ms, %.0f MB" % (r["median_ms"], r["peak_rss_mb"]))

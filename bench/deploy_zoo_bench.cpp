@@ -1,7 +1,7 @@
 // One engine of the deployment comparison on one zoo model (bench/deploy.py drives it, one
 // process per engine so that each peak memory is its own):
 //
-//   calq_deploy_zoo_bench --model cnn|resnet|mobilenet --engine export|sim|int --dir DIR
+//   calq_deploy_zoo_bench --model cnn|resnet|mobilenet --engine export|sim|sim-int|int --dir DIR
 //                         [--batch N] [--threads N] [--runs N] [--warmup N]
 //
 // Every engine builds the same model (seeded; batch-norm statistics and biases randomized as
@@ -12,6 +12,8 @@
 //           same fused float model before preparation, exported with no quantizer), for
 //           bench/ort_latency.js;
 //   sim:    the simulation: forward in VALIDATION (fake quantization, float kernels);
+//   sim-int: the same forward in ONNX Runtime's integer arithmetic (calq::set_integer_arithmetic:
+//           exact integer accumulation and the runtime's requantization, bit for bit);
 //   int:    the integer reference engine (calq::deploy::run_integer, float multiplier).
 // sim and int time `runs` calls on one random batch after `warmup` calls and print one JSON
 // line: median and quartiles in ms, threads, and the process's peak resident set size
@@ -31,6 +33,7 @@
 #include <vector>
 
 #include "calq/deploy/integer_engine.h"
+#include "calq/deploy/profile.h"
 #include "calq/deploy/qdq_export.h"
 #include "calq/nn.h"
 #include "calq/util/allocator.h"
@@ -40,9 +43,10 @@
 namespace {
 
 [[noreturn]] void usage(const std::string& why) {
-  std::cerr << "calq_deploy_zoo_bench: " << why
-            << "\nusage: calq_deploy_zoo_bench --model NAME --engine export|sim|int --dir DIR "
-               "[--batch N] [--threads N] [--runs N] [--warmup N]\n";
+  std::cerr
+      << "calq_deploy_zoo_bench: " << why
+      << "\nusage: calq_deploy_zoo_bench --model NAME --engine export|sim|sim-int|int --dir DIR "
+         "[--batch N] [--threads N] [--runs N] [--warmup N]\n";
   std::exit(2);
 }
 
@@ -132,7 +136,9 @@ int main(int argc, char** argv) {
     }
   }
   if (name.empty() || dir.empty()) usage("--model and --dir are required");
-  if (engine != "export" && engine != "sim" && engine != "int") usage("--engine export|sim|int");
+  if (engine != "export" && engine != "sim" && engine != "sim-int" && engine != "int") {
+    usage("--engine export|sim|sim-int|int");
+  }
   if (batch < 1 || runs < 1 || warmup < 0 || threads < 1) usage("invalid count");
   calq::util::keep_freed_memory_mapped();  // as the calq command line
   at::set_num_threads(static_cast<int>(threads));
@@ -151,12 +157,17 @@ int main(int argc, char** argv) {
     }
     prepare(model);
     const calq::Trace t = trace_of(model);
+    if (engine == "sim-int") {
+      calq::link_input_quantizers(t);
+      calq::set_integer_arithmetic(
+          *model, calq::deploy::integer_arithmetic(calq::deploy::ort_cpu_profile()));
+    }
     torch::manual_seed(9);
     const at::Tensor x = torch::randn({batch, 1, 28, 28});
     model->eval();
     torch::NoGradGuard no_grad;
     const auto once = [&] {
-      if (engine == "sim") {
+      if (engine == "sim" || engine == "sim-int") {
         (void)model->forward(x);
       } else {
         (void)calq::deploy::run_integer(*model, t, {x});

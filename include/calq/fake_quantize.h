@@ -41,6 +41,8 @@ class PassThroughScope {
   ~PassThroughScope();
   PassThroughScope(const PassThroughScope&) = delete;
   PassThroughScope& operator=(const PassThroughScope&) = delete;
+  /// Whether a scope is active on this thread.
+  static bool active();
 
  private:
   bool previous_;

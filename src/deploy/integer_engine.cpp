@@ -371,12 +371,17 @@ class Engine {
     const auto folded = conv.folded_weight_and_bias();
     const auto& o = conv.conv->options;
     const auto& padding = c10::get<torch::ExpandingArray<2>>(o.padding());
-    if (!x.quantized) {  // a float input: the runtime runs this convolution in float
-      const at::Tensor weight = conv.weight_fake_quant().is_empty()
-                                    ? folded.first
-                                    : conv.weight_fake_quant()->forward(folded.first);
-      const at::Tensor y = at::conv2d(x.real, weight, hinted_bias(conv, folded.second, x),
-                                      *o.stride(), *padding, *o.dilation(), o.groups());
+    if (!x.quantized || conv.output_fake_quant().is_empty()) {
+      // A float input, or a float output (QLinearConv needs an output quantizer): the runtime
+      // dequantizes and runs this convolution in float, adding the dequantized int32 bias.
+      FakeQuantize wfq = conv.weight_fake_quant();
+      const at::Tensor weight = wfq.is_empty() ? folded.first : wfq->forward(folded.first);
+      const at::Tensor bias =
+          x.quantized && !wfq.is_empty()
+              ? quantize_bias(folded.second, x.scale, wfq->qparams().first).dequantized()
+              : hinted_bias(conv, folded.second, x);
+      const at::Tensor y =
+          at::conv2d(dequantize(x), weight, bias, *o.stride(), *padding, *o.dilation(), o.groups());
       return activate(close_float(call, y), activation);
     }
     const nn::IntegerWeights w = integer_weights(call, folded.first, folded.second, x);

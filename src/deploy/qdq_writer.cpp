@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "calq/quant/fake_quant.h"
+#include "calq/quant/integer_arithmetic.h"
 #include "calq/quant/qparams.h"
 
 namespace calq {
@@ -23,13 +24,6 @@ int32_t storage_type(const QuantSpec& spec) {
       return spec.unsigned_grid() ? ::onnx::TensorProto::UINT16 : ::onnx::TensorProto::INT16;
   }
   TORCH_INTERNAL_ASSERT(false, "unknown dtype");
-}
-
-bool storage_range_is_quant_range(const QuantSpec& spec) {
-  const bool wide = spec.dtype() == QuantDtype::qint16;
-  if (spec.unsigned_grid())
-    return spec.quant_min() == 0 && spec.quant_max() == (wide ? 65535 : 255);
-  return spec.quant_min() == (wide ? -32768 : -128) && spec.quant_max() == (wide ? 32767 : 127);
 }
 
 // The integers a weight quantizer produces for `weight` (exactly what the simulation uses in
@@ -113,7 +107,7 @@ Value QdqWriter::quantize(const std::string& input, const Quant& q, const std::s
       b_.node("DequantizeLinear", {quantized, names.first, names.second}, base, {}, domain);
   report_.quantize_nodes += 1;
   report_.dequantize_nodes += 1;
-  if (!storage_range_is_quant_range(q.spec)) {
+  if (!spans_storage_range(q.spec)) {
     // The storage type saturates at its own range; the grid ends earlier (int4, a narrowed
     // quant range): clip the dequantized values to the grid's ends, exact multiples of s.
     const double s = q.scale.item<double>();

@@ -122,7 +122,8 @@ at::Tensor ConvBlockImpl::forward(const at::Tensor& x) {
     if (has_bn()) std::tie(weight, bias) = folded_weight_and_bias();
     const at::Tensor y = integer_weighted(
         x, weight, bias, activation_,
-        [this](const at::Tensor& xi, const at::Tensor& wi) { return conv_with(xi, wi, {}); });
+        [this](const at::Tensor& xi, const at::Tensor& wi) { return conv_with(xi, wi, {}); },
+        /*float_output_in_integers=*/false);
     if (y.defined()) return traced({x}, y);
   }
   at::Tensor y;

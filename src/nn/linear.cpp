@@ -16,11 +16,12 @@ at::Tensor LinearBlockImpl::forward(const at::Tensor& x) {
     // QGemm / MatMulInteger: inputs of more than 2 dimensions ([N, T, K] of a transformer)
     // multiply over the last axis as rows of a 2-d accumulator.
     const int64_t k = x.size(-1);
-    at::Tensor y = integer_weighted(x, linear->weight, linear->bias,
-                                    relu_ ? Activation::relu : Activation::none,
-                                    [k](const at::Tensor& xi, const at::Tensor& wi) {
-                                      return at::mm(xi.reshape({-1, k}), wi.t());
-                                    });
+    at::Tensor y = integer_weighted(
+        x, linear->weight, linear->bias, relu_ ? Activation::relu : Activation::none,
+        [k](const at::Tensor& xi, const at::Tensor& wi) {
+          return at::mm(xi.reshape({-1, k}), wi.t());
+        },
+        /*float_output_in_integers=*/true);
     if (y.defined()) {
       std::vector<int64_t> shape = x.sizes().vec();
       shape.back() = y.size(1);

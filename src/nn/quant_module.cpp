@@ -1,6 +1,7 @@
 #include "calq/nn/quant_module.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/util/Exception.h>
 
 #include "calq/quant/fake_quant.h"
@@ -94,14 +95,31 @@ IntegerWeights QuantModuleImpl::integer_weights(const at::Tensor& weight, const 
   return out;
 }
 
+bool QuantModuleImpl::on_integer_grid(const FakeQuantizeImpl& fq) const {
+  // A range narrower than the storage type is exported with a Clip after its
+  // DequantizeLinear: the runtime computes the op reading it in float.
+  const QuantSpec& spec = fq.spec();
+  return fq.state() == FakeQuantState::VALIDATION && !spec.per_channel() &&
+         spans_storage_range(spec) && integer_arithmetic_->computes_in_integers(spec.dtype());
+}
+
+bool QuantModuleImpl::integer_call(std::initializer_list<const at::Tensor*> tensors) const {
+  // Inference only: training mode, a trace (quantizers passing values through) and autograd
+  // through a parameter or input keep the float simulation, whose gradients are defined.
+  if (!integer_arithmetic_ || is_training() || PassThroughScope::active()) return false;
+  if (at::GradMode::is_enabled()) {
+    for (const at::Tensor* t : tensors) {
+      if (t->defined() && t->requires_grad()) return false;
+    }
+  }
+  return true;
+}
+
 c10::optional<QuantModuleImpl::IntegerValue> QuantModuleImpl::integer_input(
     size_t index, const at::Tensor& x) const {
   if (!integer_arithmetic_ || index >= input_quantizers_.size()) return c10::nullopt;
   const FakeQuantize& fq = input_quantizers_[index];
-  if (fq.is_empty() || fq->state() != FakeQuantState::VALIDATION || fq->spec().per_channel() ||
-      !integer_arithmetic_->computes_in_integers(fq->spec().dtype())) {
-    return c10::nullopt;
-  }
+  if (fq.is_empty() || !on_integer_grid(*fq)) return c10::nullopt;
   if (!x.defined() || x.scalar_type() != at::kFloat) return c10::nullopt;
   at::Tensor s, z;
   std::tie(s, z) = fq->qparams();
@@ -117,10 +135,7 @@ c10::optional<QuantModuleImpl::IntegerValue> QuantModuleImpl::integer_input(
 
 c10::optional<StoredGrid> QuantModuleImpl::integer_output_grid() const {
   const FakeQuantize& fq = output_fake_quant_;
-  if (!integer_arithmetic_ || fq.is_empty() || fq->state() != FakeQuantState::VALIDATION ||
-      fq->spec().per_channel() || !integer_arithmetic_->computes_in_integers(fq->spec().dtype())) {
-    return c10::nullopt;
-  }
+  if (!integer_arithmetic_ || fq.is_empty() || !on_integer_grid(*fq)) return c10::nullopt;
   at::Tensor s, z;
   std::tie(s, z) = fq->qparams();
   return stored_grid(fq->spec(), s.item<float>(), z.item<int64_t>(),
@@ -133,11 +148,15 @@ at::Tensor QuantModuleImpl::real_value(const IntegerValue& v) {
 
 at::Tensor QuantModuleImpl::integer_weighted(const at::Tensor& x, const at::Tensor& weight,
                                              const at::Tensor& bias, Activation activation,
-                                             const Accumulate& accumulate) const {
-  if (!integer_arithmetic_ || weight_fake_quant_.is_empty() ||
+                                             const Accumulate& accumulate,
+                                             bool float_output_in_integers) const {
+  if (!integer_call({&x, &weight, &bias}) || weight_fake_quant_.is_empty() ||
       weight_fake_quant_->state() != FakeQuantState::VALIDATION) {
     return at::Tensor();
   }
+  // Without an output quantizer the runtime keeps an integer kernel only where it has one
+  // with a float output (QGemm); otherwise it dequantizes and runs the op in float.
+  if (output_fake_quant_.is_empty() && !float_output_in_integers) return at::Tensor();
   // Weights wider than 8 bits are dequantized by the runtime unless it states integer kernels
   // for that width.
   if (weight_fake_quant_->spec().dtype() == QuantDtype::qint16 &&
@@ -155,11 +174,15 @@ at::Tensor QuantModuleImpl::integer_weighted(const at::Tensor& x, const at::Tens
   const IntegerWeights w = integer_weights(weight, bias, in->grid.scale);
   const at::Tensor xi = in->q - in->grid.zero;
   // float32 sums integers exactly while every partial sum stays below 2^24, whatever the
-  // order: guaranteed when max|x| * max_c sum|w_c| < 2^24 (8-bit layers of ordinary width);
-  // float64 (exact to 2^53) otherwise.
+  // order: guaranteed when max|x| * max_c sum|w_c| < 2^24 (8-bit layers of ordinary width) and
+  // the kernels multiply in full float32 precision (no reduced-precision matmul mode); float64
+  // (exact to 2^53) otherwise.
   const double bound =
       xi.abs().max().item<double>() * w.values.abs().flatten(1).sum(1).max().item<double>();
-  const auto type = bound < 16777216.0 ? at::kFloat : at::kDouble;
+  const bool full_precision =
+      at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::HIGHEST;
+  const auto type = bound < 16777216.0 && full_precision ? at::kFloat : at::kDouble;
+  ++integer_calls_;
   at::Tensor acc = accumulate(xi.to(type), w.values.to(type)).to(at::kDouble);
   std::vector<int64_t> shape(acc.dim(), 1);
   shape[1] = -1;
@@ -180,12 +203,14 @@ at::Tensor QuantModuleImpl::integer_weighted(const at::Tensor& x, const at::Tens
 
 at::Tensor QuantModuleImpl::integer_binary(const at::Tensor& a, const at::Tensor& b,
                                            IntegerBinary op, Activation activation) const {
+  if (!integer_call({&a, &b})) return at::Tensor();
   const c10::optional<StoredGrid> out = integer_output_grid();
   if (!out) return at::Tensor();
   const c10::optional<IntegerValue> qa = integer_input(0, a);
   if (!qa) return at::Tensor();
   const c10::optional<IntegerValue> qb = integer_input(1, b);
   if (!qb) return at::Tensor();
+  ++integer_calls_;
   at::Tensor q = op(qa->q, qa->grid, qb->q, qb->grid, *out);
   if (activation == Activation::relu) q = integer::relu(q, *out);
   if (activation == Activation::relu6) q = integer::relu6(q, *out);
@@ -193,10 +218,12 @@ at::Tensor QuantModuleImpl::integer_binary(const at::Tensor& a, const at::Tensor
 }
 
 at::Tensor QuantModuleImpl::integer_unary(const at::Tensor& x, const IntegerUnary& op) const {
+  if (!integer_call({&x})) return at::Tensor();
   const c10::optional<StoredGrid> out = integer_output_grid();
   if (!out) return at::Tensor();
   const c10::optional<IntegerValue> in = integer_input(0, x);
   if (!in) return at::Tensor();
+  ++integer_calls_;
   return integer::dequantize_linear(op(in->q, in->grid, *out), *out);
 }
 

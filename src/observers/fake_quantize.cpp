@@ -26,6 +26,10 @@ PassThroughScope::~PassThroughScope() {
   passing_through = previous_;
 }
 
+bool PassThroughScope::active() {
+  return passing_through;
+}
+
 namespace {
 
 struct StateName {

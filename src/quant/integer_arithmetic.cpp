@@ -18,6 +18,14 @@ bool IntegerArithmetic::computes_in_integers(QuantDtype dtype) const {
   return std::find(integer_dtypes.begin(), integer_dtypes.end(), dtype) != integer_dtypes.end();
 }
 
+bool spans_storage_range(const QuantSpec& spec) {
+  const bool wide = spec.dtype() == QuantDtype::qint16;
+  if (spec.unsigned_grid()) {
+    return spec.quant_min() == 0 && spec.quant_max() == (wide ? 65535 : 255);
+  }
+  return spec.quant_min() == (wide ? -32768 : -128) && spec.quant_max() == (wide ? 32767 : 127);
+}
+
 StoredGrid stored_grid(const QuantSpec& spec, float scale, int64_t zero_point,
                        bool uint8_activations) {
   // Signed 8-bit grids are stored shifted to uint8; unsigned grids are uint8 / uint16 as they

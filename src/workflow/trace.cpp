@@ -104,11 +104,30 @@ FakeQuantize quantizer_of(const Trace& trace, int64_t id) {
 
 int64_t link_input_quantizers(const Trace& trace) {
   int64_t linked = 0;
+  // A module called more than once keeps an input's quantizer only where every call agrees
+  // (a shared block fed from two grids has no single input grid).
+  std::map<nn::QuantModuleImpl*, std::vector<FakeQuantize>> links;
   for (const TracedCall& call : trace.calls) {
     std::vector<FakeQuantize> quantizers;
     for (int64_t id : call.inputs) quantizers.push_back(quantizer_of(trace, id));
-    if (call.module->has_weight() && !quantizers.empty() && !quantizers[0].is_empty()) ++linked;
-    call.module->set_input_quantizers(std::move(quantizers));
+    auto found = links.find(call.module);
+    if (found == links.end()) {
+      links.emplace(call.module, std::move(quantizers));
+      continue;
+    }
+    std::vector<FakeQuantize>& agreed = found->second;
+    for (size_t i = 0; i < agreed.size(); ++i) {
+      const auto* a = agreed[i].is_empty() ? nullptr : agreed[i].get();
+      const auto* b =
+          i >= quantizers.size() || quantizers[i].is_empty() ? nullptr : quantizers[i].get();
+      if (a != b) {
+        agreed[i] = FakeQuantize(nullptr);
+      }
+    }
+  }
+  for (auto& [module, quantizers] : links) {
+    if (module->has_weight() && !quantizers.empty() && !quantizers[0].is_empty()) ++linked;
+    module->set_input_quantizers(std::move(quantizers));
   }
   return linked;
 }

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <map>
 
 #include "calq/deploy/onnxruntime.h"
 #include "calq/deploy/profile.h"
@@ -175,8 +176,26 @@ TEST(IntegerArithmetic, SimulationComputesWhatTheEngineComputesBitForBit) {
           calq::IntegerArithmetic arithmetic = ort_arithmetic();
           arithmetic.requantization = mode;
           EXPECT_GT(calq::set_integer_arithmetic(*model, arithmetic), 0);
+          std::map<std::string, int64_t> calls_before;
+          for (const auto& m : model->named_modules()) {
+            if (const auto* q = m.value()->as<calq::nn::QuantModuleImpl>()) {
+              calls_before[m.key()] = q->integer_calls();
+            }
+          }
           const at::Tensor simulated = forward_no_grad(model, x);
           calq::set_integer_arithmetic(*model, c10::nullopt);
+          // Every weighted layer, add and average pool ran the runtime's integer kernel (none
+          // fell back to the float simulation).
+          for (const auto& m : model->named_modules()) {
+            const auto* q = m.value()->as<calq::nn::QuantModuleImpl>();
+            if (q == nullptr) continue;
+            const std::string& type = q->type_name();
+            const bool integer_kernel = q->has_weight() || type == "Add" || type == "AddReLU" ||
+                                        type == "AvgPool2d" || type == "AdaptiveAvgPool2d";
+            if (integer_kernel) {
+              EXPECT_EQ(q->integer_calls(), calls_before[m.key()] + 1) << m.key() << " " << type;
+            }
+          }
           const auto engine = calq::deploy::run_integer(
               *model, t, {x}, calq::deploy::IntegerEngineOptions().requantization(mode));
           ASSERT_EQ(simulated.sizes(), engine.outputs[0].sizes());
@@ -213,6 +232,100 @@ TEST(IntegerArithmetic, SimulationEqualsOnnxRuntimeBitForBit) {
               << "; integer arithmetic vs ONNX Runtime max |diff| "
               << (simulated - deployed).abs().max().item<double>() << "\n";
   }
+}
+
+}  // namespace
+
+namespace {
+
+// Two quantized inputs and their sum, every grid fixed by hand.
+class TwoInputAddImpl : public torch::nn::Module {
+ public:
+  TwoInputAddImpl() {
+    qa = register_module("qa", calq::nn::QuantStub());
+    qb = register_module("qb", calq::nn::QuantStub());
+    add = register_module("add", calq::nn::Add());
+  }
+  at::Tensor forward(const at::Tensor& a, const at::Tensor& b) { return add(qa(a), qb(b)); }
+  calq::nn::QuantStub qa{nullptr}, qb{nullptr};
+  calq::nn::Add add{nullptr};
+};
+TORCH_MODULE(TwoInputAdd);
+
+calq::QConfig fixed(double scale) {
+  return calq::get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"),
+                                   "fixed_scale", "min_max", {{"scale", scale}});
+}
+
+TwoInputAdd prepared_add(float sa, float sb, float sc) {
+  TwoInputAdd model;
+  calq::QConfigOverrides overrides;
+  overrides.by_name["qa"] = fixed(sa);
+  overrides.by_name["qb"] = fixed(sb);
+  overrides.by_name["add"] = fixed(sc);
+  calq::prepare_qat(*model, calq::get_default_qconfig(), overrides);
+  calq::set_fake_quantize(*model, calq::FakeQuantState::VALIDATION);
+  const calq::Trace t = calq::trace(*model,
+                                    [&model](const std::vector<at::Tensor>& in) {
+                                      return std::vector<at::Tensor>{model->forward(in[0], in[1])};
+                                    },
+                                    {torch::zeros({1}), torch::zeros({1})});
+  calq::link_input_quantizers(t);
+  return model;
+}
+
+// ONNX Runtime issue #25512, by hand: a = -113 sa, b = -112 sb with sa = sb = sc / 2 sums to
+// -112.50000794 output steps. Dequantize-add-quantize (the float simulation) rounds it to
+// -113; QLinearAdd folds the zero points (128 each: uint8 storage) into one float constant
+// first and rounds to -112 (stored 16). The integer arithmetic gives the runtime's -112.
+TEST(IntegerArithmetic, AddRoundsAsOnnxRuntimeWhereTheFloatSimulationDoesNot) {
+  const float sa = 0.0784313753f, sb = 0.0784313753f, sc = 0.156862751f;
+  TwoInputAdd model = prepared_add(sa, sb, sc);
+  const at::Tensor a = torch::full({1}, -113.0f * sa);
+  const at::Tensor b = torch::full({1}, -112.0f * sb);
+  torch::NoGradGuard no_grad;
+  EXPECT_FLOAT_EQ(model->forward(a, b).item<float>(), -113.0f * sc);
+  calq::set_integer_arithmetic(*model,
+                               calq::deploy::integer_arithmetic(calq::deploy::ort_cpu_profile()));
+  EXPECT_FLOAT_EQ(model->forward(a, b).item<float>(), -112.0f * sc);
+  EXPECT_EQ(model->add->integer_calls(), 1);
+  // Signed storage (no uint8 shift, zero points 0): fr(sa / sc) is exactly 0.5, so the
+  // formula meets the exact tie -112.5 and rounds it to even, -112, too.
+  calq::IntegerArithmetic signed_storage =
+      calq::deploy::integer_arithmetic(calq::deploy::ort_cpu_profile());
+  signed_storage.uint8_activations = false;
+  calq::set_integer_arithmetic(*model, signed_storage);
+  EXPECT_FLOAT_EQ(model->forward(a, b).item<float>(), -112.0f * sc);
+}
+
+// The integer path is inference only: training mode, a trace and autograd through a parameter
+// or input keep the float simulation; an input off its grid too.
+TEST(IntegerArithmetic, FallsBackToTheFloatSimulationWhereItDoesNotApply) {
+  const float sa = 0.0784313753f, sb = 0.0784313753f, sc = 0.156862751f;
+  TwoInputAdd model = prepared_add(sa, sb, sc);
+  calq::set_integer_arithmetic(*model,
+                               calq::deploy::integer_arithmetic(calq::deploy::ort_cpu_profile()));
+  const at::Tensor a = torch::full({1}, -113.0f * sa);
+  const at::Tensor b = torch::full({1}, -112.0f * sb);
+  {
+    // Autograd through an input.
+    const at::Tensor tracked = a.clone().requires_grad_(true);
+    const at::Tensor y = model->add(tracked, b);
+    EXPECT_FLOAT_EQ(y.item<float>(), -113.0f * sc);
+    EXPECT_TRUE(y.requires_grad());
+  }
+  torch::NoGradGuard no_grad;
+  {
+    // An input off its grid: the float simulation.
+    EXPECT_FLOAT_EQ(model->add(a + 0.01f, b).item<float>(),
+                    std::nearbyint((-113.0f * sa + 0.01f - 112.0f * sb) / sc) * sc);
+  }
+  model->add->train();
+  EXPECT_FLOAT_EQ(model->add(a, b).item<float>(), -113.0f * sc);
+  model->add->eval();
+  EXPECT_EQ(model->add->integer_calls(), 0);
+  EXPECT_FLOAT_EQ(model->add(a, b).item<float>(), -112.0f * sc);
+  EXPECT_EQ(model->add->integer_calls(), 1);
 }
 
 }  // namespace

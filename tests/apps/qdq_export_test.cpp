@@ -13,6 +13,7 @@
 
 #include "calq/deploy/integer_engine.h"
 #include "calq/deploy/onnxruntime.h"
+#include "calq/deploy/profile.h"
 #include "calq/nn.h"
 #include "calq/workflow.h"
 #include "calq/zoo/models.h"
@@ -176,6 +177,16 @@ TEST(QdqExport, EveryBitWidthRunsInOnnxRuntime) {
     // convolution of 16-bit weights rounds sums beyond 2^24, one output step apart at most).
     EXPECT_LE(((deployed - simulated).abs().max() / simulated.abs().max()).item<double>(), 0.01);
     EXPECT_LE(((engine - deployed).abs().max() / deployed.abs().max()).item<double>(), 0.01);
+    // ONNX Runtime runs none of these widths in integer kernels (int16 and 4-bit activations,
+    // int16 weights: DequantizeLinear -> float op -> QuantizeLinear), so its integer arithmetic
+    // is the float simulation here, exactly.
+    calq::set_integer_arithmetic(*model,
+                                 calq::deploy::integer_arithmetic(calq::deploy::ort_cpu_profile()));
+    {
+      torch::NoGradGuard no_grad;
+      EXPECT_TRUE(model->forward(x).equal(simulated));
+    }
+    calq::set_integer_arithmetic(*model, c10::nullopt);
   }
 }
 

@@ -35,6 +35,12 @@ AutoCalibration auto_calibrate(const Workspace& ws, const Model& float_model, bo
   if (labelled && ws.labelled) {
     options.score([&ws, forward](torch::nn::Module& model) {
       torch::NoGradGuard no_grad;
+      // Top-1 in --arithmetic's arithmetic; the search's own divergences stay in the float
+      // simulation (reset on the way out).
+      struct Arithmetic {
+        torch::nn::Module& model;
+        ~Arithmetic() { set_integer_arithmetic(model, c10::nullopt); }
+      } scope{model};
       set_integer_arithmetic(model, arithmetic_of(ws.config));
       int64_t correct = 0;
       for (const auto& batch :

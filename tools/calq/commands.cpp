@@ -111,7 +111,10 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint,
     const pipeline::Evaluation e = score(ws, model, reference, set, meta.prepared);
     if (ws.writer()) {
       std::cout << path << ": " << (ws.test ? "test" : "validation") << " top-1 " << e.top1 << "%"
-                << (meta.prepared ? " (quantized, VALIDATION)" : " (float)") << "\n";
+                << (meta.prepared
+                        ? " (quantized, VALIDATION, " + ws.config.arithmetic + " arithmetic)"
+                        : std::string(" (float)"))
+                << "\n";
     }
     return e;
   };
@@ -248,6 +251,7 @@ int infer_command(const RunConfig& config, const std::string& model_path,
   if (engine == "sim") {
     if (prepared) {
       set_fake_quantize(*model.module, FakeQuantState::VALIDATION);
+      use_arithmetic(config, model);
     } else {
       model.module->eval();
     }

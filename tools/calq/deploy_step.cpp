@@ -185,6 +185,8 @@ nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const M
     entry["max_lsb_diff"] = nullptr;
     entry["ort_error"] = why;
     entry["float_sim"]["argmax_agree"] = nullptr;
+    entry["float_sim"]["within_1_lsb"] = nullptr;
+    entry["float_sim"]["max_lsb_diff"] = nullptr;
     std::cerr << "calq: deployment check without ONNX Runtime: " << why << "\n";
     return entry;
   }

@@ -6,6 +6,7 @@
 #include <torch/nn/module.h>
 
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -110,6 +111,9 @@ class QuantModuleImpl : public torch::nn::Module {
     integer_arithmetic_ = std::move(arithmetic);
   }
   const c10::optional<IntegerArithmetic>& integer_arithmetic() const { return integer_arithmetic_; }
+  /// How many forwards of this module ran in integer arithmetic (diagnostics: a module whose
+  /// inputs are not linked or not on their grids keeps the float simulation silently).
+  int64_t integer_calls() const { return integer_calls_; }
 
   /// `weight` (after batch-norm folding, before quantization) and `bias` as the deployed kernel
   /// holds them for an input on a grid of scale `input_scale`. Needs a weight quantizer.
@@ -136,8 +140,11 @@ class QuantModuleImpl : public torch::nn::Module {
   /// the closing activation. Undefined when the call does not run in integer arithmetic (see
   /// integer_input); the caller then computes the float simulation.
   using Accumulate = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& w)>;
+  /// `float_output_in_integers`: whether the runtime has an integer kernel with a float output
+  /// for this op (QGemm: Linear) for a layer without output quantizer.
   at::Tensor integer_weighted(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                              Activation activation, const Accumulate& accumulate) const;
+                              Activation activation, const Accumulate& accumulate,
+                              bool float_output_in_integers) const;
   /// A two-operand kernel (QLinearAdd, QLinearMul, QLinearMatMul: calq::integer::add, ...) on
   /// both inputs' integers, then the closing activation, dequantized; undefined when the call
   /// does not run in integer arithmetic.
@@ -168,8 +175,15 @@ class QuantModuleImpl : public torch::nn::Module {
   c10::optional<QConfig> resolved_qconfig_;
   FakeQuantize weight_fake_quant_{nullptr};
   FakeQuantize output_fake_quant_{nullptr};
+  /// Whether `fq`'s values are integers of a kernel the runtime runs in integers.
+  bool on_integer_grid(const FakeQuantizeImpl& fq) const;
+  /// Whether this call may run in integer arithmetic at all (set; eval mode; no trace; no
+  /// autograd through `tensors`).
+  bool integer_call(std::initializer_list<const at::Tensor*> tensors) const;
+
   std::vector<FakeQuantize> input_quantizers_;
   c10::optional<IntegerArithmetic> integer_arithmetic_;
+  mutable int64_t integer_calls_ = 0;
 };
 
 }  // namespace nn

@@ -38,7 +38,7 @@ struct IntegerArithmetic {
   bool uint8_activations = true;
   /// Activation widths the runtime computes in integer kernels; an op with another width runs
   /// as DequantizeLinear -> float op -> QuantizeLinear (ONNX Runtime: int16 and 4-bit), which
-  /// the float simulation already is. Empty: every width.
+  /// the float simulation already is.
   std::vector<QuantDtype> integer_dtypes = {QuantDtype::qint8};
 
   bool computes_in_integers(QuantDtype dtype) const;
@@ -50,6 +50,11 @@ struct StoredGrid {
   int64_t zero = 0;        ///< stored zero point
   int64_t lo = 0, hi = 0;  ///< stored range
 };
+
+/// Whether `spec`'s range is its whole storage type ([-128, 127], [0, 255], [-32768, 32767],
+/// [0, 65535]); a narrower range is exported with a Clip after its DequantizeLinear, which the
+/// runtime then computes in float.
+bool spans_storage_range(const QuantSpec& spec);
 
 /// The stored grid of `spec` with scale and zero point (shifted by 128 for a signed 8-bit
 /// grid when `uint8_activations`).
