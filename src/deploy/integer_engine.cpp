@@ -66,7 +66,7 @@ StoredGrid stored(const EngineValue& v) {
 }
 
 at::Tensor quantize(const at::Tensor& x, const EngineValue& grid) {
-  return integer::quantize_linear(x, stored(grid));
+  return integer::quantize_linear(x, stored(grid)).to(at::kLong);
 }
 
 at::Tensor dequantize(const EngineValue& v) {
@@ -326,8 +326,9 @@ class Engine {
       v.real = std::string(activation) == "relu" ? at::relu(v.real) : at::clamp(v.real, 0.0, 6.0);
       return v;
     }
-    v.q = std::string(activation) == "relu" ? integer::relu(v.q, stored(v))
-                                            : integer::relu6(v.q, stored(v));
+    v.q = (std::string(activation) == "relu" ? integer::relu(v.q, stored(v))
+                                             : integer::relu6(v.q, stored(v)))
+              .to(at::kLong);
     return v;
   }
 
@@ -359,7 +360,8 @@ class Engine {
     }
     EngineValue v = grid_of(*fq, options_.profile());
     v.q = integer::requantize(acc, integer::requantization_multipliers(x.scale, w.scale, v.scale),
-                              stored(v), options_.requantization());
+                              stored(v), options_.requantization())
+              .to(at::kLong);
     return activate(v, activation);
   }
 
@@ -431,7 +433,7 @@ class Engine {
       return activate(close_float(call, y), relu ? "relu" : nullptr);
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    out.q = integer::add(a.q, stored(a), b.q, stored(b), stored(out));
+    out.q = integer::add(a.q, stored(a), b.q, stored(b), stored(out)).to(at::kLong);
     return activate(out, relu ? "relu" : nullptr);
   }
 
@@ -444,7 +446,7 @@ class Engine {
       return close_float(call, at::mul(dequantize(a), dequantize(b)));
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    out.q = integer::mul(a.q, stored(a), b.q, stored(b), stored(out));
+    out.q = integer::mul(a.q, stored(a), b.q, stored(b), stored(out)).to(at::kLong);
     return out;
   }
 
@@ -457,7 +459,7 @@ class Engine {
       return close_float(call, at::matmul(dequantize(a), dequantize(b)));
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    out.q = integer::matmul(a.q, stored(a), b.q, stored(b), stored(out));
+    out.q = integer::matmul(a.q, stored(a), b.q, stored(b), stored(out)).to(at::kLong);
     return out;
   }
 
@@ -493,9 +495,10 @@ class Engine {
     EngineValue out = grid_of(*fq, options_.profile());
     const bool whole_image =
         kernel[0] == x.q.size(2) && kernel[1] == x.q.size(3) && pad[0] == 0 && pad[1] == 0;
-    out.q = whole_image ? integer::global_average(x.q, stored(x), stored(out))
-                        : integer::window_average(x.q, stored(x), stored(out), kernel, stride, pad,
-                                                  count_include_pad, ceil_mode);
+    out.q = (whole_image ? integer::global_average(x.q, stored(x), stored(out))
+                         : integer::window_average(x.q, stored(x), stored(out), kernel, stride,
+                                                   pad, count_include_pad, ceil_mode))
+                .to(at::kLong);
     return out;
   }
 

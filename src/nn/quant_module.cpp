@@ -172,21 +172,22 @@ at::Tensor QuantModuleImpl::integer_weighted(const at::Tensor& x, const at::Tens
   }
   at::NoGradGuard no_grad;
   const IntegerWeights w = integer_weights(weight, bias, in->grid.scale);
-  const at::Tensor xi = in->q - in->grid.zero;
+  const at::Tensor xi = in->q - static_cast<double>(in->grid.zero);  // float32 integers
   // float32 sums integers exactly while every partial sum stays below 2^24, whatever the
-  // order: guaranteed when max|x| * max_c sum|w_c| < 2^24 (8-bit layers of ordinary width) and
-  // the kernels multiply in full float32 precision (no reduced-precision matmul mode); float64
-  // (exact to 2^53) otherwise.
+  // order: guaranteed when max|x| * max_c sum|w_c| + max|bias| < 2^24 (8-bit layers of
+  // ordinary width) and the kernels multiply in full float32 precision (no reduced-precision
+  // matmul mode); float64 (exact to 2^53) otherwise.
   const double bound =
-      xi.abs().max().item<double>() * w.values.abs().flatten(1).sum(1).max().item<double>();
+      xi.abs().max().item<double>() * w.values.abs().flatten(1).sum(1).max().item<double>() +
+      w.bias.abs().max().item<double>();
   const bool full_precision =
       at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::HIGHEST;
   const auto type = bound < 16777216.0 && full_precision ? at::kFloat : at::kDouble;
   ++integer_calls_;
-  at::Tensor acc = accumulate(xi.to(type), w.values.to(type)).to(at::kDouble);
+  at::Tensor acc = accumulate(xi.to(type), w.values.to(type));
   std::vector<int64_t> shape(acc.dim(), 1);
   shape[1] = -1;
-  acc = acc + w.bias.reshape(shape);
+  acc = acc + w.bias.to(type).reshape(shape);
   if (!out) {  // QGemm with a float output
     const at::Tensor y = integer::float_output(acc, in->grid.scale, w.scale);
     if (activation == Activation::relu) return at::relu(y);

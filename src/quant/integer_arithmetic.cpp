@@ -44,12 +44,13 @@ StoredGrid stored_grid(const QuantSpec& spec, float scale, int64_t zero_point,
 namespace integer {
 
 at::Tensor quantize_linear(const at::Tensor& x, const StoredGrid& grid) {
-  const at::Tensor v = at::div(x.to(at::kFloat), grid.scale).round();  // float32 division, RNE
-  return (v.to(at::kLong) + grid.zero).clamp(grid.lo, grid.hi);
+  at::Tensor v = at::div(x.to(at::kFloat), grid.scale).round();  // float32 division, RNE
+  return v.add_(static_cast<double>(grid.zero))
+      .clamp_(static_cast<double>(grid.lo), static_cast<double>(grid.hi));
 }
 
 at::Tensor dequantize_linear(const at::Tensor& q, const StoredGrid& grid) {
-  return (q - grid.zero).to(at::kFloat) * grid.scale;
+  return (q.to(at::kFloat) - static_cast<double>(grid.zero)) * grid.scale;
 }
 
 std::vector<float> requantization_multipliers(float s_x, const std::vector<float>& s_w, float s_y) {
@@ -69,8 +70,9 @@ at::Tensor requantize(const at::Tensor& acc, const std::vector<float>& multiplie
   shape[1] = channels;
   if (mode == Requantization::float_multiplier) {
     const at::Tensor m = at::tensor(multiplier, at::kFloat).reshape(shape);
-    const at::Tensor y = (acc.to(at::kFloat) * m).round();  // fr(float(acc) * M), RNE
-    return (y.to(at::kLong) + out.zero).clamp(out.lo, out.hi);
+    at::Tensor y = (acc.to(at::kFloat) * m).round();  // fr(float(acc) * M), RNE
+    return y.add_(static_cast<double>(out.zero))
+        .clamp_(static_cast<double>(out.lo), static_cast<double>(out.hi));
   }
   // Fixed point: M = m * 2^-(31 + n), m in [2^30, 2^31); ties round up.
   at::Tensor result = at::empty(acc.sizes(), at::kLong);
@@ -100,7 +102,7 @@ at::Tensor requantize(const at::Tensor& acc, const std::vector<float>& multiplie
       }
     }
   }
-  return result;
+  return result.to(at::kFloat);
 }
 
 at::Tensor float_output(const at::Tensor& acc, float s_x, const std::vector<float>& s_w) {
@@ -112,60 +114,68 @@ at::Tensor float_output(const at::Tensor& acc, float s_x, const std::vector<floa
   return acc.to(at::kFloat) * at::tensor(product, at::kFloat).reshape(shape);
 }
 
-at::Tensor add(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b, const StoredGrid& gb,
-               const StoredGrid& out) {
+at::Tensor add(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b,
+               const StoredGrid& gb, const StoredGrid& out) {
   const float r_ac = ga.scale / out.scale;
   const float r_bc = gb.scale / out.scale;
   const float fixed = static_cast<float>(out.zero) - std::fma(r_ac, static_cast<float>(ga.zero),
                                                               r_bc * static_cast<float>(gb.zero));
   // Broadcasting (an imported graph's Add of a [N, C, 1, 1] tensor): the same formula per
   // element of the broadcast shape.
-  const auto both = at::broadcast_tensors({a, b});
-  const at::Tensor qa = both[0].to(at::kLong).contiguous();
-  const at::Tensor qb = both[1].to(at::kLong).contiguous();
-  at::Tensor result = at::empty(qa.sizes(), at::kLong);
-  const int64_t* pa = qa.data_ptr<int64_t>();
-  const int64_t* pb = qb.data_ptr<int64_t>();
-  int64_t* po = result.data_ptr<int64_t>();
+  const auto both = at::broadcast_tensors({a.to(at::kFloat), b.to(at::kFloat)});
+  const at::Tensor qa = both[0].contiguous();
+  const at::Tensor qb = both[1].contiguous();
+  at::Tensor result = at::empty(qa.sizes(), at::kFloat);
+  const float* pa = qa.data_ptr<float>();
+  const float* pb = qb.data_ptr<float>();
+  float* po = result.data_ptr<float>();
   const int64_t n = qa.numel();
+  const float lo = static_cast<float>(out.lo), hi = static_cast<float>(out.hi);
   for (int64_t i = 0; i < n; ++i) {
-    const float v =
-        std::fma(static_cast<float>(pa[i]), r_ac, std::fma(static_cast<float>(pb[i]), r_bc, fixed));
-    const int64_t r = static_cast<int64_t>(std::nearbyint(v));
-    po[i] = std::min(std::max(r, out.lo), out.hi);
+    const float v = std::fma(pa[i], r_ac, std::fma(pb[i], r_bc, fixed));
+    po[i] = std::min(std::max(std::nearbyint(v), lo), hi);
   }
   return result;
 }
 
-at::Tensor mul(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b, const StoredGrid& gb,
-               const StoredGrid& out) {
+at::Tensor mul(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b,
+               const StoredGrid& gb, const StoredGrid& out) {
   const float m = (ga.scale * gb.scale) / out.scale;
-  const at::Tensor product = ((a - ga.zero) * (b - gb.zero)).to(at::kFloat);
-  const at::Tensor v = (product * m + static_cast<float>(out.zero)).round();
-  return v.to(at::kLong).clamp(out.lo, out.hi);
+  // float((a - za)(b - zb)): the exact integer product rounded to float once, as the float
+  // product of the exact differences is.
+  const at::Tensor product = (a.to(at::kFloat) - static_cast<double>(ga.zero)) *
+                             (b.to(at::kFloat) - static_cast<double>(gb.zero));
+  at::Tensor v = (product * m + static_cast<float>(out.zero)).round();
+  return v.clamp_(static_cast<double>(out.lo), static_cast<double>(out.hi));
 }
 
 at::Tensor matmul(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b,
                   const StoredGrid& gb, const StoredGrid& out) {
-  const at::Tensor acc = at::matmul((a - ga.zero).to(at::kDouble), (b - gb.zero).to(at::kDouble));
+  const at::Tensor acc = at::matmul(a.to(at::kDouble) - static_cast<double>(ga.zero),
+                                    b.to(at::kDouble) - static_cast<double>(gb.zero));
   const float m = (ga.scale * gb.scale) / out.scale;
-  const at::Tensor v = (acc.to(at::kFloat) * m).round();
-  return (v.to(at::kLong) + out.zero).clamp(out.lo, out.hi);
+  at::Tensor v = (acc.to(at::kFloat) * m).round();
+  return v.add_(static_cast<double>(out.zero))
+      .clamp_(static_cast<double>(out.lo), static_cast<double>(out.hi));
 }
 
 at::Tensor global_average(const at::Tensor& q, const StoredGrid& x, const StoredGrid& out) {
   const int64_t n = q.size(2) * q.size(3);
   TORCH_CHECK(n < (int64_t{1} << 24), "integer arithmetic: global average over ", n,
               " values (ONNX Runtime requires fewer than 2^24)");
-  const at::Tensor sum = q.sum({2, 3}, /*keepdim=*/true) - n * x.zero;
+  // Exact integer sums (float64), as the runtime's int32 ones.
+  const at::Tensor sum = q.to(at::kDouble).sum({2, 3}, /*keepdim=*/true) -
+                         static_cast<double>(n * x.zero);
   const float m = x.scale / (out.scale * static_cast<float>(n));
-  const at::Tensor v = (sum.to(at::kFloat) * m).round();
-  return (v.to(at::kLong) + out.zero).clamp(out.lo, out.hi);
+  at::Tensor v = (sum.to(at::kFloat) * m).round();
+  return v.add_(static_cast<double>(out.zero))
+      .clamp_(static_cast<double>(out.lo), static_cast<double>(out.hi));
 }
 
 at::Tensor window_average(const at::Tensor& q, const StoredGrid& x, const StoredGrid& out,
                           const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
-                          const std::vector<int64_t>& pad, bool count_include_pad, bool ceil_mode) {
+                          const std::vector<int64_t>& pad, bool count_include_pad,
+                          bool ceil_mode) {
   const at::Tensor real = dequantize_linear(q, x).contiguous();
   const int64_t N = real.size(0), C = real.size(1), H = real.size(2), W = real.size(3);
   auto out_size = [&](int64_t in, int64_t k, int64_t s, int64_t p) {
@@ -176,9 +186,9 @@ at::Tensor window_average(const at::Tensor& q, const StoredGrid& x, const Stored
   };
   const int64_t OH = out_size(H, kernel[0], stride[0], pad[0]);
   const int64_t OW = out_size(W, kernel[1], stride[1], pad[1]);
-  at::Tensor result = at::empty({N, C, OH, OW}, at::kLong);
+  at::Tensor result = at::empty({N, C, OH, OW}, at::kFloat);
   const float* pr = real.data_ptr<float>();
-  int64_t* po = result.data_ptr<int64_t>();
+  float* po = result.data_ptr<float>();
   for (int64_t nc = 0; nc < N * C; ++nc) {
     for (int64_t oh = 0; oh < OH; ++oh) {
       for (int64_t ow = 0; ow < OW; ++ow) {
@@ -197,7 +207,7 @@ at::Tensor window_average(const at::Tensor& q, const StoredGrid& x, const Stored
         const float avg = sum / static_cast<float>(count);
         const int64_t r =
             static_cast<int64_t>(std::nearbyint(avg / out.scale + static_cast<float>(out.zero)));
-        po[(nc * OH + oh) * OW + ow] = std::min(std::max(r, out.lo), out.hi);
+        po[(nc * OH + oh) * OW + ow] = static_cast<float>(std::min(std::max(r, out.lo), out.hi));
       }
     }
   }
@@ -205,7 +215,7 @@ at::Tensor window_average(const at::Tensor& q, const StoredGrid& x, const Stored
 }
 
 at::Tensor relu(const at::Tensor& q, const StoredGrid& grid) {
-  return at::clamp_min(q, grid.zero);
+  return at::clamp_min(q.to(at::kFloat), static_cast<double>(grid.zero));
 }
 
 at::Tensor relu6(const at::Tensor& q, const StoredGrid& grid) {

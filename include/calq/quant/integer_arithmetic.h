@@ -4,9 +4,11 @@
 // modules' VALIDATION in integer arithmetic (QuantModuleImpl::set_integer_arithmetic) both
 // compute with these, so that the simulation, the engine and ONNX Runtime agree bit for bit.
 //
-// Integers are held as int64 tensors of stored values (uint8 activations shifted by +128
-// where the runtime stores them so); accumulators as floating tensors holding integers.
-// Every float32 step of the runtime is one float32 operation here (`fr` in the docs).
+// Stored integers (uint8 activations shifted by +128 where the runtime stores them so) are
+// returned as float32 tensors of integer values (exact: they are below 2^16), which keeps the
+// simulation's integer arithmetic as fast as its float arithmetic; inputs may be of any real or
+// integer dtype. Accumulators are floating tensors holding integers. Every float32 step of the
+// runtime is one float32 operation here (`fr` in the docs).
 
 #include <ATen/core/Tensor.h>
 
@@ -63,7 +65,7 @@ StoredGrid stored_grid(const QuantSpec& spec, float scale, int64_t zero_point,
 
 namespace integer {
 
-/// QuantizeLinear: clamp(RNE(fr(x / s)) + z), int64.
+/// QuantizeLinear: clamp(RNE(fr(x / s)) + z).
 at::Tensor quantize_linear(const at::Tensor& x, const StoredGrid& grid);
 /// DequantizeLinear: fr(float(q - z) * s), float32.
 at::Tensor dequantize_linear(const at::Tensor& q, const StoredGrid& grid);
