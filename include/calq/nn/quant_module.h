@@ -123,7 +123,7 @@ class QuantModuleImpl : public torch::nn::Module {
  protected:
   /// A value as the runtime stores it: integers on a grid.
   struct IntegerValue {
-    at::Tensor q;  ///< int64 stored integers
+    at::Tensor q;  ///< stored integers (float32 holding integer values)
     StoredGrid grid;
   };
   /// Input `index` (the tensor `x`) as stored integers, when this call runs in integer
