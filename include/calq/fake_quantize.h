@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "calq/observers/observer.h"
+#include "calq/quant/integer_arithmetic.h"
 #include "calq/quant/quant_spec.h"
 
 namespace calq {
@@ -152,6 +153,13 @@ class FakeQuantizeImpl : public torch::nn::Module {
   /// The real range the quantizer represents: [(quant_min - zp) * s, (quant_max - zp) * s]
   /// per scale (float64 {C} each). The calibrated "threshold" of a symmetric grid is its max.
   std::pair<at::Tensor, at::Tensor> represented_range() const;
+  /// The integer levels (zero point included; float64 holding integers) this quantizer gives
+  /// `weight` in VALIDATION: what the export stores as the weight initializer and what the
+  /// deployed integer kernel multiplies. Per-channel scales lie along spec().ch_axis().
+  at::Tensor integer_levels(const at::Tensor& weight) const;
+  /// This per-tensor quantizer's grid as a runtime stores it (calq::stored_grid: signed 8-bit
+  /// grids shifted to uint8 when `uint8_activations`). Throws for a per-channel spec.
+  StoredGrid stored_grid(bool uint8_activations) const;
   /// Whether a power-of-two scale in use was clamped to [2^-14, 2^-1] (always false on a free
   /// grid): the observer's range, the fixed scale, the learned log2_scale or pact's alpha asked
   /// for a power of two outside it.

@@ -26,11 +26,9 @@ namespace {
 // A value during the run: quantized (stored integers on a grid) or float.
 struct EngineValue {
   bool quantized = false;
-  at::Tensor q;  // int64 stored integers
-  float scale = 1.0f;
-  int64_t zero = 0;        // stored zero point
-  int64_t lo = 0, hi = 0;  // stored range
-  at::Tensor real;         // float32, for float values
+  at::Tensor q;     // int64 stored integers
+  StoredGrid grid;  // their grid as stored
+  at::Tensor real;  // float32, for float values
   QuantSpec spec;
   // A float value that keeps a grid for its readers without being on it (a constant Pad
   // whose value is off the grid: the export writes no QuantizeLinear after it, yet the
@@ -41,37 +39,22 @@ struct EngineValue {
 
 // The stored grid of an output quantizer under the profile.
 EngineValue grid_of(const FakeQuantizeImpl& fq, const Profile& profile) {
+  TORCH_CHECK(!fq.spec().per_channel(),
+              "integer engine: per-channel activations are not supported");
   EngineValue v;
   v.quantized = true;
-  at::Tensor s, z;
-  std::tie(s, z) = fq.qparams();
-  TORCH_CHECK(s.numel() == 1, "integer engine: per-channel activations are not supported");
   v.spec = fq.spec();
-  const StoredGrid g =
-      stored_grid(v.spec, s.item<float>(), z.item<int64_t>(), profile.uint8_activations);
-  v.scale = g.scale;
-  v.zero = g.zero;
-  v.lo = g.lo;
-  v.hi = g.hi;
+  v.grid = fq.stored_grid(profile.uint8_activations);
   return v;
 }
 
-StoredGrid stored(const EngineValue& v) {
-  StoredGrid g;
-  g.scale = v.scale;
-  g.zero = v.zero;
-  g.lo = v.lo;
-  g.hi = v.hi;
-  return g;
-}
-
 at::Tensor quantize(const at::Tensor& x, const EngineValue& grid) {
-  return integer::quantize_linear(x, stored(grid)).to(at::kLong);
+  return integer::quantize_linear(x, grid.grid).to(at::kLong);
 }
 
 at::Tensor dequantize(const EngineValue& v) {
   if (!v.quantized) return v.real;
-  return integer::dequantize_linear(v.q, stored(v));
+  return integer::dequantize_linear(v.q, v.grid);
 }
 
 class Engine {
@@ -92,7 +75,8 @@ class Engine {
       const EngineValue out = run_call(call);
       values_[call.output] = out;
       if (options_.keep_integers() && out.quantized) {
-        result.integers[call.path] = IntegerTensor{out.q, at::full({1}, out.scale), out.zero};
+        result.integers[call.path] =
+            IntegerTensor{out.q, at::full({1}, out.grid.scale), out.grid.zero};
       }
     }
     for (int64_t id : trace.outputs) add_output(result, values_[id]);
@@ -161,7 +145,7 @@ class Engine {
         if (node.outputs[k].empty() || !v.quantized) continue;
         const std::string key =
             outputs.size() == 1 ? node.name : node.name + "/" + std::to_string(k);
-        result.integers[key] = IntegerTensor{v.q, at::full({1}, v.scale), v.zero};
+        result.integers[key] = IntegerTensor{v.q, at::full({1}, v.grid.scale), v.grid.zero};
       }
     }
     for (const std::string& name : g.output_names()) add_output(result, values_[id_of(name)]);
@@ -175,9 +159,10 @@ class Engine {
 
   static void add_output(IntegerResult& result, const EngineValue& v) {
     result.outputs.push_back(dequantize(v));
-    result.output_integers.push_back(v.quantized ? c10::optional<IntegerTensor>(IntegerTensor{
-                                                       v.q, at::full({1}, v.scale), v.zero})
-                                                 : c10::nullopt);
+    result.output_integers.push_back(v.quantized
+                                         ? c10::optional<IntegerTensor>(IntegerTensor{
+                                               v.q, at::full({1}, v.grid.scale), v.grid.zero})
+                                         : c10::nullopt);
   }
 
   // The node's inputs as real numbers (an undefined tensor for an omitted optional input).
@@ -264,7 +249,7 @@ class Engine {
                 "asymmetric pads on a module that pads itself");
     EngineValue padded = x;
     if (x.quantized) {
-      padded.q = onnx::detail::pad_spatial(x.q, pads, static_cast<double>(x.zero));
+      padded.q = onnx::detail::pad_spatial(x.q, pads, static_cast<double>(x.grid.zero));
     } else {
       padded.real = onnx::detail::pad_spatial(x.real, pads, 0.0);
     }
@@ -326,8 +311,8 @@ class Engine {
       v.real = std::string(activation) == "relu" ? at::relu(v.real) : at::clamp(v.real, 0.0, 6.0);
       return v;
     }
-    v.q = (std::string(activation) == "relu" ? integer::relu(v.q, stored(v))
-                                             : integer::relu6(v.q, stored(v)))
+    v.q = (std::string(activation) == "relu" ? integer::relu(v.q, v.grid)
+                                             : integer::relu6(v.q, v.grid))
               .to(at::kLong);
     return v;
   }
@@ -337,7 +322,7 @@ class Engine {
                                             const at::Tensor& bias, const EngineValue& x) {
     TORCH_CHECK(!call.module->weight_fake_quant().is_empty(), "integer engine: ", call.path,
                 " has a float weight; every weight must be quantized");
-    return call.module->integer_weights(weight, bias, x.scale);
+    return call.module->integer_weights(weight, bias, x.grid.scale);
   }
 
   // The bias a float-input layer adds: int32 at s_x * s_w (dequantized) when its input keeps a
@@ -345,7 +330,7 @@ class Engine {
   static at::Tensor hinted_bias(nn::QuantModuleImpl& m, const at::Tensor& bias,
                                 const EngineValue& x) {
     if (!x.grid_hint || !bias.defined() || m.weight_fake_quant().is_empty()) return bias;
-    return quantize_bias(bias, x.scale, m.weight_fake_quant()->qparams().first).dequantized();
+    return quantize_bias(bias, x.grid.scale, m.weight_fake_quant()->qparams().first).dequantized();
   }
 
   EngineValue weighted_output(const TracedCall& call, const at::Tensor& acc,
@@ -355,12 +340,13 @@ class Engine {
     if (fq.is_empty()) {
       // No output quantizer: fr(float(acc) * fr(s_x * s_w)) (QGemm / MatMulIntegerToFloat).
       EngineValue v;
-      v.real = integer::float_output(acc, x.scale, w.scale);
+      v.real = integer::float_output(acc, x.grid.scale, w.scale);
       return activate(v, activation);
     }
     EngineValue v = grid_of(*fq, options_.profile());
-    v.q = integer::requantize(acc, integer::requantization_multipliers(x.scale, w.scale, v.scale),
-                              stored(v), options_.requantization())
+    v.q = integer::requantize(
+              acc, integer::requantization_multipliers(x.grid.scale, w.scale, v.grid.scale), v.grid,
+              options_.requantization())
               .to(at::kLong);
     return activate(v, activation);
   }
@@ -380,15 +366,15 @@ class Engine {
       const at::Tensor weight = wfq.is_empty() ? folded.first : wfq->forward(folded.first);
       const at::Tensor bias =
           x.quantized && !wfq.is_empty()
-              ? quantize_bias(folded.second, x.scale, wfq->qparams().first).dequantized()
+              ? quantize_bias(folded.second, x.grid.scale, wfq->qparams().first).dequantized()
               : hinted_bias(conv, folded.second, x);
       const at::Tensor y =
           at::conv2d(dequantize(x), weight, bias, *o.stride(), *padding, *o.dilation(), o.groups());
       return activate(close_float(call, y), activation);
     }
     const nn::IntegerWeights w = integer_weights(call, folded.first, folded.second, x);
-    at::Tensor acc = at::conv2d((x.q - x.zero).to(at::kDouble), w.values, {}, *o.stride(), *padding,
-                                *o.dilation(), o.groups());
+    at::Tensor acc = at::conv2d((x.q - x.grid.zero).to(at::kDouble), w.values, {}, *o.stride(),
+                                *padding, *o.dilation(), o.groups());
     acc = acc + w.bias.reshape({1, -1, 1, 1});
     return weighted_output(call, acc, w, x, activation);
   }
@@ -411,7 +397,7 @@ class Engine {
     // the last axis, channels requantized as rows of a 2-d accumulator, shape restored.
     const int64_t k = x.q.size(-1);
     const at::Tensor acc =
-        at::mm((x.q - x.zero).to(at::kDouble).reshape({-1, k}), w.values.t()) + w.bias;
+        at::mm((x.q - x.grid.zero).to(at::kDouble).reshape({-1, k}), w.values.t()) + w.bias;
     EngineValue out = weighted_output(call, acc, w, x, activation);
     std::vector<int64_t> shape = x.q.sizes().vec();
     shape.back() = acc.size(1);
@@ -433,7 +419,7 @@ class Engine {
       return activate(close_float(call, y), relu ? "relu" : nullptr);
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    out.q = integer::add(a.q, stored(a), b.q, stored(b), stored(out)).to(at::kLong);
+    out.q = integer::add(a.q, a.grid, b.q, b.grid, out.grid).to(at::kLong);
     return activate(out, relu ? "relu" : nullptr);
   }
 
@@ -446,7 +432,7 @@ class Engine {
       return close_float(call, at::mul(dequantize(a), dequantize(b)));
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    out.q = integer::mul(a.q, stored(a), b.q, stored(b), stored(out)).to(at::kLong);
+    out.q = integer::mul(a.q, a.grid, b.q, b.grid, out.grid).to(at::kLong);
     return out;
   }
 
@@ -459,7 +445,7 @@ class Engine {
       return close_float(call, at::matmul(dequantize(a), dequantize(b)));
     }
     EngineValue out = grid_of(*fq, options_.profile());
-    out.q = integer::matmul(a.q, stored(a), b.q, stored(b), stored(out)).to(at::kLong);
+    out.q = integer::matmul(a.q, a.grid, b.q, b.grid, out.grid).to(at::kLong);
     return out;
   }
 
@@ -477,8 +463,9 @@ class Engine {
     std::vector<at::Tensor> parts;
     for (size_t i = 0; i < call.inputs.size(); ++i) {
       const EngineValue& x = input(call, i);
-      parts.push_back(x.scale == out.scale && x.zero == out.zero ? x.q
-                                                                 : quantize(dequantize(x), out));
+      parts.push_back(x.grid.scale == out.grid.scale && x.grid.zero == out.grid.zero
+                          ? x.q
+                          : quantize(dequantize(x), out));
     }
     out.q = at::cat(parts, cat.dim);
     return out;
@@ -495,9 +482,9 @@ class Engine {
     EngineValue out = grid_of(*fq, options_.profile());
     const bool whole_image =
         kernel[0] == x.q.size(2) && kernel[1] == x.q.size(3) && pad[0] == 0 && pad[1] == 0;
-    out.q = (whole_image ? integer::global_average(x.q, stored(x), stored(out))
-                         : integer::window_average(x.q, stored(x), stored(out), kernel, stride,
-                                                   pad, count_include_pad, ceil_mode))
+    out.q = (whole_image ? integer::global_average(x.q, x.grid, out.grid)
+                         : integer::window_average(x.q, x.grid, out.grid, kernel, stride, pad,
+                                                   count_include_pad, ceil_mode))
                 .to(at::kLong);
     return out;
   }

@@ -6,7 +6,6 @@
 
 #include <sstream>
 
-#include "calq/quant/fake_quant.h"
 #include "calq/quant/integer_arithmetic.h"
 #include "calq/quant/qparams.h"
 
@@ -24,28 +23,6 @@ int32_t storage_type(const QuantSpec& spec) {
       return spec.unsigned_grid() ? ::onnx::TensorProto::UINT16 : ::onnx::TensorProto::INT16;
   }
   TORCH_INTERNAL_ASSERT(false, "unknown dtype");
-}
-
-// The integers a weight quantizer produces for `weight` (exactly what the simulation uses in
-// VALIDATION): the simulated values divided by their scale, plus the zero point.
-at::Tensor integer_weight(const FakeQuantizeImpl& fq, const at::Tensor& weight, const Quant& q) {
-  at::Tensor simulated;
-  if (fq.method() == FakeQuantMethod::pact) {
-    simulated = pact_fake_quantize(weight, fq.named_parameters(false)["alpha"].detach(), q.spec);
-  } else {
-    simulated = fake_quantize(weight, q.scale, q.zero_point, q.spec);
-  }
-  at::Tensor scale = q.scale.to(at::kDouble);
-  at::Tensor zero = q.zero_point.to(at::kDouble);
-  if (q.spec.per_channel()) {
-    std::vector<int64_t> shape(weight.dim(), 1);
-    const int64_t axis = q.spec.ch_axis() < 0 ? q.spec.ch_axis() + weight.dim() : q.spec.ch_axis();
-    shape[axis] = -1;
-    scale = scale.reshape(shape);
-    zero = zero.reshape(shape);
-  }
-  // level * s was rounded to float once: dividing recovers the level within far less than 1/2.
-  return (simulated.to(at::kDouble) / scale).round() + zero;
 }
 
 }  // namespace
@@ -178,8 +155,8 @@ QdqWriter::WeightAndBias QdqWriter::weight_and_bias(
       "(ch_axis 0) to be exported; got ", wq.spec.str());
   const auto names = qparams(path + "/weight", wq, /*activation=*/false);
   const std::string w_int =
-      b_.initializer(path + "/weight_quantized",
-                     onnx_layout(integer_weight(*wfq, weight.detach(), wq)), storage_type(wq.spec));
+      b_.initializer(path + "/weight_quantized", onnx_layout(wfq->integer_levels(weight.detach())),
+                     storage_type(wq.spec));
   std::vector<Attribute> axis_attribute;
   if (wq.spec.per_channel()) axis_attribute.push_back(Attribute::integer("axis", axis));
   // int16 weights need the profile's int16 DequantizeLinear (com.microsoft for ORT) too.

@@ -4,7 +4,6 @@
 #include <ATen/Context.h>
 #include <c10/util/Exception.h>
 
-#include "calq/quant/fake_quant.h"
 #include "calq/quant/qparams.h"
 
 namespace calq {
@@ -12,6 +11,21 @@ namespace nn {
 
 namespace {
 thread_local CallRecorder* active_recorder = nullptr;
+
+// The closing activation on stored integers: ReLU as max(q, z); ReLU6 as the export writes it
+// (op -> Q -> DQ -> Clip(0, 6) -> Q).
+at::Tensor activate_integers(const at::Tensor& q, const StoredGrid& grid, Activation activation) {
+  switch (activation) {
+    case Activation::none:
+      return q;
+    case Activation::relu:
+      return integer::relu(q, grid);
+    case Activation::relu6:
+      return integer::relu6(q, grid);
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown activation");
+}
+
 }  // namespace
 
 RecordingScope::RecordingScope(CallRecorder* recorder) : previous_(active_recorder) {
@@ -70,22 +84,14 @@ IntegerWeights QuantModuleImpl::integer_weights(const at::Tensor& weight, const 
   at::Tensor s, z;
   std::tie(s, z) = weight_fake_quant_->qparams();
   const QuantSpec& spec = weight_fake_quant_->spec();
-  // The weight as the export dequantizes it (without running the quantizer's forward, which
-  // would observe outside VALIDATION).
-  at::Tensor simulated;
-  if (weight_fake_quant_->method() == FakeQuantMethod::pact) {
-    simulated = pact_fake_quantize(
-        weight, weight_fake_quant_->named_parameters(false)["alpha"].detach(), spec);
-  } else {
-    simulated = fake_quantize(weight, s, z, spec);
-  }
+  TORCH_CHECK(!spec.per_channel() || spec.ch_axis() == 0 || spec.ch_axis() == -weight.dim(),
+              type_name_, ": integer weights need per-channel scales along the output channels ",
+              "(ch_axis 0); got ", spec.str());
   std::vector<int64_t> shape(weight.dim(), 1);
   shape[0] = -1;
-  const at::Tensor scale =
-      s.to(at::kDouble).reshape(spec.per_channel() ? shape : std::vector<int64_t>{1});
   IntegerWeights out;
-  // simulated = (q - z) s rounded to float once: dividing recovers q - z exactly.
-  out.values = (simulated.to(at::kDouble) / scale).round();
+  out.values = weight_fake_quant_->integer_levels(weight) -
+               z.to(at::kDouble).reshape(spec.per_channel() ? shape : std::vector<int64_t>{1});
   const int64_t channels = weight.size(0);
   const at::Tensor sv = s.to(at::kFloat).reshape({-1}).contiguous();
   const float* ps = sv.data_ptr<float>();
@@ -121,11 +127,8 @@ c10::optional<QuantModuleImpl::IntegerValue> QuantModuleImpl::integer_input(
   const FakeQuantize& fq = input_quantizers_[index];
   if (fq.is_empty() || !on_integer_grid(*fq)) return c10::nullopt;
   if (!x.defined() || x.scalar_type() != at::kFloat) return c10::nullopt;
-  at::Tensor s, z;
-  std::tie(s, z) = fq->qparams();
   IntegerValue v;
-  v.grid = stored_grid(fq->spec(), s.item<float>(), z.item<int64_t>(),
-                       integer_arithmetic_->uint8_activations);
+  v.grid = fq->stored_grid(integer_arithmetic_->uint8_activations);
   v.q = integer::quantize_linear(x, v.grid);
   // Only a tensor exactly on the grid is its integers' value: a constant Pad off the grid,
   // or a float computation between, leaves the float simulation in charge.
@@ -136,14 +139,7 @@ c10::optional<QuantModuleImpl::IntegerValue> QuantModuleImpl::integer_input(
 c10::optional<StoredGrid> QuantModuleImpl::integer_output_grid() const {
   const FakeQuantize& fq = output_fake_quant_;
   if (!integer_arithmetic_ || fq.is_empty() || !on_integer_grid(*fq)) return c10::nullopt;
-  at::Tensor s, z;
-  std::tie(s, z) = fq->qparams();
-  return stored_grid(fq->spec(), s.item<float>(), z.item<int64_t>(),
-                     integer_arithmetic_->uint8_activations);
-}
-
-at::Tensor QuantModuleImpl::real_value(const IntegerValue& v) {
-  return integer::dequantize_linear(v.q, v.grid);
+  return fq->stored_grid(integer_arithmetic_->uint8_activations);
 }
 
 at::Tensor QuantModuleImpl::integer_weighted(const at::Tensor& x, const at::Tensor& weight,
@@ -194,12 +190,10 @@ at::Tensor QuantModuleImpl::integer_weighted(const at::Tensor& x, const at::Tens
     if (activation == Activation::relu6) return at::clamp(y, 0.0, 6.0);
     return y;
   }
-  at::Tensor q = integer::requantize(
+  const at::Tensor q = integer::requantize(
       acc, integer::requantization_multipliers(in->grid.scale, w.scale, out->scale), *out,
       integer_arithmetic_->requantization);
-  if (activation == Activation::relu) q = integer::relu(q, *out);
-  if (activation == Activation::relu6) q = integer::relu6(q, *out);
-  return integer::dequantize_linear(q, *out);
+  return integer::dequantize_linear(activate_integers(q, *out, activation), *out);
 }
 
 at::Tensor QuantModuleImpl::integer_binary(const at::Tensor& a, const at::Tensor& b,
@@ -212,10 +206,8 @@ at::Tensor QuantModuleImpl::integer_binary(const at::Tensor& a, const at::Tensor
   const c10::optional<IntegerValue> qb = integer_input(1, b);
   if (!qb) return at::Tensor();
   ++integer_calls_;
-  at::Tensor q = op(qa->q, qa->grid, qb->q, qb->grid, *out);
-  if (activation == Activation::relu) q = integer::relu(q, *out);
-  if (activation == Activation::relu6) q = integer::relu6(q, *out);
-  return integer::dequantize_linear(q, *out);
+  const at::Tensor q = op(qa->q, qa->grid, qb->q, qb->grid, *out);
+  return integer::dequantize_linear(activate_integers(q, *out, activation), *out);
 }
 
 at::Tensor QuantModuleImpl::integer_unary(const at::Tensor& x, const IntegerUnary& op) const {

@@ -411,6 +411,35 @@ std::pair<at::Tensor, at::Tensor> FakeQuantizeImpl::represented_range() const {
           (static_cast<double>(spec().quant_max()) - zero) * scale};
 }
 
+at::Tensor FakeQuantizeImpl::integer_levels(const at::Tensor& weight) const {
+  at::NoGradGuard no_grad;
+  at::Tensor s, zp;
+  std::tie(s, zp) = qparams();
+  // The simulated weight without running forward (which would observe outside VALIDATION).
+  const at::Tensor simulated = method_ == FakeQuantMethod::pact
+                                   ? pact_fake_quantize(weight, alpha_.detach(), spec())
+                                   : fake_quantize(weight, s, zp, spec());
+  at::Tensor scale = s.to(at::kDouble);
+  at::Tensor zero = zp.to(at::kDouble);
+  if (spec().per_channel()) {
+    std::vector<int64_t> shape(weight.dim(), 1);
+    const int64_t axis = spec().ch_axis() < 0 ? spec().ch_axis() + weight.dim() : spec().ch_axis();
+    shape[axis] = -1;
+    scale = scale.reshape(shape);
+    zero = zero.reshape(shape);
+  }
+  // level * s was rounded to float once: dividing recovers the level within far less than 1/2.
+  return (simulated.to(at::kDouble) / scale).round() + zero;
+}
+
+StoredGrid FakeQuantizeImpl::stored_grid(bool uint8_activations) const {
+  TORCH_CHECK(!spec().per_channel(), "stored_grid: per-channel quantizer (", spec().str(),
+              "); a runtime stores activations on one grid per tensor");
+  at::Tensor s, zp;
+  std::tie(s, zp) = qparams();
+  return calq::stored_grid(spec(), s.item<float>(), zp.item<int64_t>(), uint8_activations);
+}
+
 bool FakeQuantizeImpl::scale_clamped() const {
   if (!spec().power_of_two()) return false;
   switch (method_) {

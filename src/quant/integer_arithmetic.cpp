@@ -114,8 +114,8 @@ at::Tensor float_output(const at::Tensor& acc, float s_x, const std::vector<floa
   return acc.to(at::kFloat) * at::tensor(product, at::kFloat).reshape(shape);
 }
 
-at::Tensor add(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b,
-               const StoredGrid& gb, const StoredGrid& out) {
+at::Tensor add(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b, const StoredGrid& gb,
+               const StoredGrid& out) {
   const float r_ac = ga.scale / out.scale;
   const float r_bc = gb.scale / out.scale;
   const float fixed = static_cast<float>(out.zero) - std::fma(r_ac, static_cast<float>(ga.zero),
@@ -138,8 +138,8 @@ at::Tensor add(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b,
   return result;
 }
 
-at::Tensor mul(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b,
-               const StoredGrid& gb, const StoredGrid& out) {
+at::Tensor mul(const at::Tensor& a, const StoredGrid& ga, const at::Tensor& b, const StoredGrid& gb,
+               const StoredGrid& out) {
   const float m = (ga.scale * gb.scale) / out.scale;
   // float((a - za)(b - zb)): the exact integer product rounded to float once, as the float
   // product of the exact differences is.
@@ -164,8 +164,8 @@ at::Tensor global_average(const at::Tensor& q, const StoredGrid& x, const Stored
   TORCH_CHECK(n < (int64_t{1} << 24), "integer arithmetic: global average over ", n,
               " values (ONNX Runtime requires fewer than 2^24)");
   // Exact integer sums (float64), as the runtime's int32 ones.
-  const at::Tensor sum = q.to(at::kDouble).sum({2, 3}, /*keepdim=*/true) -
-                         static_cast<double>(n * x.zero);
+  const at::Tensor sum =
+      q.to(at::kDouble).sum({2, 3}, /*keepdim=*/true) - static_cast<double>(n * x.zero);
   const float m = x.scale / (out.scale * static_cast<float>(n));
   at::Tensor v = (sum.to(at::kFloat) * m).round();
   return v.add_(static_cast<double>(out.zero))
@@ -174,8 +174,7 @@ at::Tensor global_average(const at::Tensor& q, const StoredGrid& x, const Stored
 
 at::Tensor window_average(const at::Tensor& q, const StoredGrid& x, const StoredGrid& out,
                           const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
-                          const std::vector<int64_t>& pad, bool count_include_pad,
-                          bool ceil_mode) {
+                          const std::vector<int64_t>& pad, bool count_include_pad, bool ceil_mode) {
   const at::Tensor real = dequantize_linear(q, x).contiguous();
   const int64_t N = real.size(0), C = real.size(1), H = real.size(2), W = real.size(3);
   auto out_size = [&](int64_t in, int64_t k, int64_t s, int64_t p) {

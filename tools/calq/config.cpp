@@ -86,22 +86,18 @@ void RunConfig::validate() const {
   march_from_string(march);
   analysis::relu6_policy_from_string(cle_relu6);
   analysis::promotion_from_string(promotion);
-  if (target != "accelerator") {
+  // --target and --arithmetic take an export profile or their own non-profile value.
+  auto check_profile = [](const std::string& flag, const std::string& value,
+                          const std::string& other) {
+    if (value == other) return;
     try {
-      deploy::profile_from_string(target);
+      deploy::profile_from_string(value);
     } catch (const c10::Error&) {
-      TORCH_CHECK(false, "--target: unknown target '", target,
-                  "'; valid targets: accelerator, ort-cpu");
+      TORCH_CHECK(false, flag, ": unknown value '", value, "'; valid: ", other, ", ort-cpu");
     }
-  }
-  if (arithmetic != "float") {
-    try {
-      deploy::profile_from_string(arithmetic);
-    } catch (const c10::Error&) {
-      TORCH_CHECK(false, "--arithmetic: unknown arithmetic '", arithmetic,
-                  "'; valid: float, ort-cpu");
-    }
-  }
+  };
+  check_profile("--target", target, "accelerator");
+  check_profile("--arithmetic", arithmetic, "float");
   for (const auto& observer : observers) {
     if (observer == "auto") continue;  // calq::analysis::auto_recipe
     get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), observer).validate();

@@ -132,8 +132,6 @@ class QuantModuleImpl : public torch::nn::Module {
   c10::optional<IntegerValue> integer_input(size_t index, const at::Tensor& x) const;
   /// The output quantizer's stored grid under the same conditions; nullopt otherwise.
   c10::optional<StoredGrid> integer_output_grid() const;
-  /// Dequantized stored integers: the float value the simulation passes on.
-  static at::Tensor real_value(const IntegerValue& v);
   /// A weighted layer in integer arithmetic: `accumulate(x_int, w_int)` computes the exact
   /// integer products summed (output channel on axis 1) from float tensors holding integers;
   /// then bias, requantization (or the float output of a layer without output quantizer) and
