@@ -156,7 +156,12 @@ class FakeQuantizeImpl : public torch::nn::Module {
   /// The integer levels (zero point included; float64 holding integers) this quantizer gives
   /// `weight` in VALIDATION: what the export stores as the weight initializer and what the
   /// deployed integer kernel multiplies. Per-channel scales lie along spec().ch_axis().
-  at::Tensor integer_levels(const at::Tensor& weight) const;
+  /// `scale` (optional): a scale of the same shape to use instead of this quantizer's (the
+  /// bias-fitting weight scale, calq::bias_fitting_weight_scale); the zero point is kept.
+  at::Tensor integer_levels(const at::Tensor& weight, const at::Tensor& scale = {}) const;
+  /// `weight` fake-quantized at `scale` instead of this quantizer's scale (zero point kept),
+  /// as VALIDATION computes it; no observer step, no tap.
+  at::Tensor fake_quantize_at(const at::Tensor& weight, const at::Tensor& scale) const;
   /// This per-tensor quantizer's grid as a runtime stores it (calq::stored_grid: signed 8-bit
   /// grids shifted to uint8 when `uint8_activations`). Throws for a per-channel spec.
   StoredGrid stored_grid(bool uint8_activations) const;

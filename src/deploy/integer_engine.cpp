@@ -330,7 +330,8 @@ class Engine {
   static at::Tensor hinted_bias(nn::QuantModuleImpl& m, const at::Tensor& bias,
                                 const EngineValue& x) {
     if (!x.grid_hint || !bias.defined() || m.weight_fake_quant().is_empty()) return bias;
-    return quantize_bias(bias, x.grid.scale, m.weight_fake_quant()->qparams().first).dequantized();
+    return quantize_bias(bias, x.grid.scale, m.deployed_weight_scale(bias, x.grid.scale))
+        .dequantized();
   }
 
   EngineValue weighted_output(const TracedCall& call, const at::Tensor& acc,
@@ -362,11 +363,16 @@ class Engine {
     if (!x.quantized || conv.output_fake_quant().is_empty()) {
       // A float input, or a float output (QLinearConv needs an output quantizer): the runtime
       // dequantizes and runs this convolution in float, adding the dequantized int32 bias.
-      FakeQuantize wfq = conv.weight_fake_quant();
-      const at::Tensor weight = wfq.is_empty() ? folded.first : wfq->forward(folded.first);
+      const bool quantized_bias = x.quantized || x.grid_hint;
+      const at::Tensor weight =
+          conv.weight_fake_quant().is_empty() ? folded.first
+          : quantized_bias ? conv.deployed_weight(folded.first, folded.second, x.grid.scale)
+                           : conv.weight_fake_quant()->forward(folded.first);
       const at::Tensor bias =
-          x.quantized && !wfq.is_empty()
-              ? quantize_bias(folded.second, x.grid.scale, wfq->qparams().first).dequantized()
+          x.quantized && !conv.weight_fake_quant().is_empty()
+              ? quantize_bias(folded.second, x.grid.scale,
+                              conv.deployed_weight_scale(folded.second, x.grid.scale))
+                    .dequantized()
               : hinted_bias(conv, folded.second, x);
       const at::Tensor y =
           at::conv2d(dequantize(x), weight, bias, *o.stride(), *padding, *o.dilation(), o.groups());
@@ -386,9 +392,10 @@ class Engine {
                                 : at::zeros({linear.linear->weight.size(0)});
     const char* activation = linear.relu() ? "relu" : nullptr;
     if (!x.quantized) {
-      const at::Tensor weight = linear.weight_fake_quant().is_empty()
-                                    ? linear.linear->weight
-                                    : linear.weight_fake_quant()->forward(linear.linear->weight);
+      const at::Tensor weight =
+          linear.weight_fake_quant().is_empty() ? linear.linear->weight
+          : x.grid_hint ? linear.deployed_weight(linear.linear->weight, bias, x.grid.scale)
+                        : linear.weight_fake_quant()->forward(linear.linear->weight);
       return activate(close_float(call, at::linear(x.real, weight, hinted_bias(linear, bias, x))),
                       activation);
     }

@@ -181,6 +181,9 @@ std::string GraphBuilder::initializer(const std::string& base, const at::Tensor&
     case ::onnx::TensorProto::INT16:
       append_raw<int16_t>(values, raw);
       break;
+    case ::onnx::TensorProto::UINT16:
+      append_raw<uint16_t>(values, raw);
+      break;
     case ::onnx::TensorProto::INT32:
       append_raw<int32_t>(values, raw);
       break;

@@ -225,6 +225,7 @@ std::string ExportReport::str() const {
     out << "\n  run as DQ -> float -> Q by the runtime (16-bit activations):";
     for (const auto& s : float_kernels) out << " " << s;
   }
+  for (const auto& s : weight_scales_raised) out << "\n  note: " << s;
   for (const auto& s : bias_saturations) out << "\n  warning: " << s;
   for (const auto& s : clamped_scales) out << "\n  warning: power-of-two scale clamped: " << s;
   return out.str();

@@ -148,15 +148,31 @@ QdqWriter::WeightAndBias QdqWriter::weight_and_bias(
         bias.defined() ? b_.initializer(path + "/bias", bias.detach(), ::onnx::TensorProto::FLOAT)
                        : std::string()};
   }
-  const Quant wq = quant_of(*wfq);
+  Quant wq = quant_of(*wfq);
+  const bool integer_bias = bias.defined() && input.quant && !input.quant->spec.per_channel();
+  if (integer_bias) {
+    // The weight scale the simulation uses too: raised where the int32 bias would overflow.
+    const at::Tensor fitted =
+        module.deployed_weight_scale(bias.detach(), input.quant->scale.item<double>());
+    const at::Tensor raised = fitted.reshape({-1}) != wq.scale.reshape({-1});
+    if (raised.any().item<bool>()) {
+      std::ostringstream message;
+      message << path << ": " << raised.sum().item<int64_t>() << " of " << wq.scale.numel()
+              << " weight scales raised (up to x"
+              << (fitted.reshape({-1}) / wq.scale.reshape({-1})).max().item<double>()
+              << ") so that the int32 bias fits";
+      report_.weight_scales_raised.push_back(message.str());
+    }
+    wq.scale = fitted.reshape(wq.scale.sizes());
+  }
   TORCH_CHECK(
       !wq.spec.per_channel() || wq.spec.ch_axis() == 0 || wq.spec.ch_axis() == -weight.dim(), path,
       ": per-channel weights must be quantized along the output channels ",
       "(ch_axis 0) to be exported; got ", wq.spec.str());
   const auto names = qparams(path + "/weight", wq, /*activation=*/false);
-  const std::string w_int =
-      b_.initializer(path + "/weight_quantized", onnx_layout(wfq->integer_levels(weight.detach())),
-                     storage_type(wq.spec));
+  const std::string w_int = b_.initializer(
+      path + "/weight_quantized", onnx_layout(wfq->integer_levels(weight.detach(), wq.scale)),
+      storage_type(wq.spec));
   std::vector<Attribute> axis_attribute;
   if (wq.spec.per_channel()) axis_attribute.push_back(Attribute::integer("axis", axis));
   // int16 weights need the profile's int16 DequantizeLinear (com.microsoft for ORT) too.
@@ -165,7 +181,7 @@ QdqWriter::WeightAndBias QdqWriter::weight_and_bias(
   report_.dequantize_nodes += 1;
   report_.integer_weight_layers += 1;
   if (!bias.defined()) return {w, std::string()};
-  if (!input.quant || input.quant->spec.per_channel()) {
+  if (!integer_bias) {
     return {w, b_.initializer(path + "/bias", bias.detach(), ::onnx::TensorProto::FLOAT)};
   }
   const QuantizedBias qb =

@@ -74,7 +74,8 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
   if (!batch_stats) {
     // Exactly the deployed operator: one convolution with folded weight and bias.
     auto folded = folded_weight_and_bias();
-    const at::Tensor weight = quantize_weight(folded.first);  // VALIDATION: scale known now
+    const at::Tensor weight =
+        quantize_weight(folded.first, folded.second);  // VALIDATION: scale known now
     return conv_with(x, weight, deployed_bias(folded.second));
   }
   // Training: fake-quantize the weight folded with the running statistics, then undo the
@@ -102,7 +103,7 @@ at::Tensor ConvBlockImpl::forward_folded(const at::Tensor& x) {
     const at::Tensor usable = factor.abs() >= std::numeric_limits<float>::min();
     inverse = at::where(usable, at::where(usable, factor, 1.0).reciprocal(), 0.0);
   }
-  const at::Tensor weight = quantize_weight(conv->weight * factor) * inverse;
+  const at::Tensor weight = quantize_weight(conv->weight * factor, at::Tensor()) * inverse;
   at::Tensor y = conv_with(x, weight, at::Tensor());
   if (conv->bias.defined()) y = y + conv->bias.reshape({1, -1, 1, 1});
   const auto& o = bn->options;
@@ -128,7 +129,7 @@ at::Tensor ConvBlockImpl::forward(const at::Tensor& x) {
   }
   at::Tensor y;
   if (!has_bn()) {
-    const at::Tensor weight = quantize_weight(conv->weight);
+    const at::Tensor weight = quantize_weight(conv->weight, conv->bias);
     y = conv_with(x, weight, deployed_bias(conv->bias));
   } else if (!fused_ && batch_norm_training_ && is_training()) {
     // BatchNorm2d's training forward with the installed statistics: the same

@@ -32,7 +32,7 @@ at::Tensor ConvTranspose2dImpl::quantized_weight() {
   if (weight_fake_quant().is_empty()) return conv->weight;
   const int64_t groups = conv->options.groups();
   return conv_transpose_input_major(
-      quantize_weight(conv_transpose_output_major(conv->weight, groups)), groups,
+      quantize_weight(conv_transpose_output_major(conv->weight, groups), conv->bias), groups,
       conv->weight.size(0));
 }
 

@@ -28,7 +28,7 @@ at::Tensor LinearBlockImpl::forward(const at::Tensor& x) {
       return traced({x}, y.reshape(shape));
     }
   }
-  const at::Tensor weight = quantize_weight(linear->weight);
+  const at::Tensor weight = quantize_weight(linear->weight, linear->bias);
   at::Tensor y = at::linear(x, weight, deployed_bias(linear->bias));
   return traced({x}, quantize_output(relu_ ? at::relu(y) : y));
 }

@@ -63,17 +63,43 @@ void QuantModuleImpl::prepare(const QConfig& resolved) {
   prepared_ = true;
 }
 
-at::Tensor QuantModuleImpl::deployed_bias(const at::Tensor& bias) const {
+c10::optional<double> QuantModuleImpl::bias_input_scale(const at::Tensor& bias) const {
   const FakeQuantize input = input_quantizer();
   if (!bias.defined() || weight_fake_quant_.is_empty() || input.is_empty() ||
       weight_fake_quant_->state() != FakeQuantState::VALIDATION || input->spec().per_channel()) {
-    return bias;
+    return c10::nullopt;
   }
+  return input->scale().item<double>();
+}
+
+at::Tensor QuantModuleImpl::deployed_bias(const at::Tensor& bias) const {
+  const c10::optional<double> input_scale = bias_input_scale(bias);
+  if (!input_scale) return bias;
   at::NoGradGuard no_grad;
-  const double input_scale = input->scale().item<double>();
-  return quantize_bias(bias, input_scale, weight_fake_quant_->scale())
+  return quantize_bias(bias, *input_scale, deployed_weight_scale(bias, *input_scale))
       .dequantized()
       .to(bias.scalar_type());
+}
+
+at::Tensor QuantModuleImpl::deployed_weight_scale(const at::Tensor& bias,
+                                                  double input_scale) const {
+  TORCH_CHECK(!weight_fake_quant_.is_empty(), type_name_,
+              ": the weight is float; a deployed weight scale needs a weight quantizer");
+  const at::Tensor scale = weight_fake_quant_->scale();
+  if (!bias.defined()) return scale;
+  at::NoGradGuard no_grad;
+  return bias_fitting_weight_scale(bias.detach(), input_scale, scale,
+                                   weight_fake_quant_->spec().power_of_two());
+}
+
+at::Tensor QuantModuleImpl::deployed_weight(const at::Tensor& weight, const at::Tensor& bias,
+                                            double input_scale) {
+  TORCH_CHECK(!weight_fake_quant_.is_empty(), type_name_,
+              ": the weight is float; a deployed weight needs a weight quantizer");
+  const at::Tensor own = weight_fake_quant_->forward(weight);  // taps see the weight
+  const at::Tensor fitted = deployed_weight_scale(bias, input_scale);
+  if (at::equal(fitted, weight_fake_quant_->scale())) return own;
+  return weight_fake_quant_->fake_quantize_at(weight, fitted);
 }
 
 IntegerWeights QuantModuleImpl::integer_weights(const at::Tensor& weight, const at::Tensor& bias,
@@ -90,13 +116,14 @@ IntegerWeights QuantModuleImpl::integer_weights(const at::Tensor& weight, const 
   std::vector<int64_t> shape(weight.dim(), 1);
   shape[0] = -1;
   IntegerWeights out;
-  out.values = weight_fake_quant_->integer_levels(weight) -
-               z.to(at::kDouble).reshape(spec.per_channel() ? shape : std::vector<int64_t>{1});
   const int64_t channels = weight.size(0);
+  const at::Tensor b = bias.defined() ? bias : at::zeros({channels}, weight.options());
+  s = deployed_weight_scale(b, input_scale);
+  out.values = weight_fake_quant_->integer_levels(weight, s) -
+               z.to(at::kDouble).reshape(spec.per_channel() ? shape : std::vector<int64_t>{1});
   const at::Tensor sv = s.to(at::kFloat).reshape({-1}).contiguous();
   const float* ps = sv.data_ptr<float>();
   for (int64_t c = 0; c < channels; ++c) out.scale.push_back(ps[sv.numel() == 1 ? 0 : c]);
-  const at::Tensor b = bias.defined() ? bias : at::zeros({channels}, weight.options());
   out.bias = quantize_bias(b, input_scale, s).values.to(at::kDouble);
   return out;
 }
@@ -220,8 +247,11 @@ at::Tensor QuantModuleImpl::integer_unary(const at::Tensor& x, const IntegerUnar
   return integer::dequantize_linear(op(in->q, in->grid, *out), *out);
 }
 
-at::Tensor QuantModuleImpl::quantize_weight(const at::Tensor& weight) {
-  return weight_fake_quant_.is_empty() ? weight : weight_fake_quant_->forward(weight);
+at::Tensor QuantModuleImpl::quantize_weight(const at::Tensor& weight, const at::Tensor& bias) {
+  if (weight_fake_quant_.is_empty()) return weight;
+  const c10::optional<double> input_scale = bias_input_scale(bias);
+  if (!input_scale) return weight_fake_quant_->forward(weight);
+  return deployed_weight(weight, bias, *input_scale);
 }
 
 at::Tensor QuantModuleImpl::quantize_output(const at::Tensor& output) {

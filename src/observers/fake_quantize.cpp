@@ -411,14 +411,30 @@ std::pair<at::Tensor, at::Tensor> FakeQuantizeImpl::represented_range() const {
           (static_cast<double>(spec().quant_max()) - zero) * scale};
 }
 
-at::Tensor FakeQuantizeImpl::integer_levels(const at::Tensor& weight) const {
+at::Tensor FakeQuantizeImpl::fake_quantize_at(const at::Tensor& weight,
+                                              const at::Tensor& scale) const {
+  const at::Tensor zp = qparams().second;
+  TORCH_CHECK(scale.defined() && scale.numel() == zp.numel(), "fake_quantize_at: ", zp.numel(),
+              " scales expected");
+  return fake_quantize(weight, scale.to(at::kFloat).reshape(zp.sizes()), zp, spec());
+}
+
+at::Tensor FakeQuantizeImpl::integer_levels(const at::Tensor& weight,
+                                            const at::Tensor& scale_override) const {
   at::NoGradGuard no_grad;
   at::Tensor s, zp;
   std::tie(s, zp) = qparams();
   // The simulated weight without running forward (which would observe outside VALIDATION).
-  const at::Tensor simulated = method_ == FakeQuantMethod::pact
-                                   ? pact_fake_quantize(weight, alpha_.detach(), spec())
-                                   : fake_quantize(weight, s, zp, spec());
+  at::Tensor simulated;
+  // An override equal to the own scale keeps the method's own forward (pact's clamp).
+  if (scale_override.defined() && !at::equal(scale_override.to(at::kFloat).reshape(s.sizes()), s)) {
+    simulated = fake_quantize_at(weight, scale_override);
+    s = scale_override.to(at::kFloat).reshape(zp.sizes());
+  } else {
+    simulated = method_ == FakeQuantMethod::pact
+                    ? pact_fake_quantize(weight, alpha_.detach(), spec())
+                    : fake_quantize(weight, s, zp, spec());
+  }
   at::Tensor scale = s.to(at::kDouble);
   at::Tensor zero = zp.to(at::kDouble);
   if (spec().per_channel()) {

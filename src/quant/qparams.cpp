@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "quant/small_tensor.h"
 
@@ -154,6 +155,48 @@ QuantizedBias quantize_bias(const at::Tensor& bias, double input_scale,
     out.scale.data_ptr<float>()[c] = scale;
   }
   return out;
+}
+
+at::Tensor bias_fitting_weight_scale(const at::Tensor& bias, double input_scale,
+                                     const at::Tensor& weight_scale, bool power_of_two,
+                                     int64_t* widened) {
+  TORCH_CHECK(bias.defined() && at::isFloatingType(bias.scalar_type()) && bias.dim() == 1,
+              "bias_fitting_weight_scale: bias must be a floating vector");
+  TORCH_CHECK(std::isfinite(input_scale) && input_scale > 0,
+              "bias_fitting_weight_scale: ", "input scale ", input_scale,
+              " must be finite and positive");
+  const at::Tensor b = detail::to_double_vector(bias);
+  at::Tensor out = weight_scale.detach().to(at::kCPU, at::kFloat).contiguous().clone();
+  const int64_t channels = b.numel(), scales = out.numel();
+  TORCH_CHECK(scales == 1 || scales == channels, "bias_fitting_weight_scale: ", scales,
+              " weight scales for ", channels, " bias values; need 1 or ", channels);
+  float* s = out.data_ptr<float>();
+  const double* bv = b.data_ptr<double>();
+  const float s_x = static_cast<float>(input_scale);
+  // Below 2^31 - 1 with ORT's relative margin, so that round(b / fr(s_x * s_w)) fits whatever
+  // the float32 rounding of the product.
+  const double limit = 2147483647.0 / 1.0001;
+  int64_t raised = 0;
+  for (int64_t i = 0; i < scales; ++i) {
+    double need = std::abs(bv[scales == 1 ? 0 : i]);  // the largest |b_c| this scale serves
+    for (int64_t c = 1; scales == 1 && c < channels; ++c) need = std::max(need, std::abs(bv[c]));
+    TORCH_CHECK(std::isfinite(need), "bias_fitting_weight_scale: the bias is not finite");
+    auto fits = [&](float w) { return need / static_cast<double>(s_x * w) <= limit; };
+    if (fits(s[i])) continue;
+    float w = static_cast<float>(need / (static_cast<double>(s_x) * limit));
+    if (power_of_two) {
+      w = static_cast<float>(std::exp2(std::ceil(std::log2(static_cast<double>(w)))));
+    }
+    while (!fits(w)) {
+      w = power_of_two ? w * 2.0f : std::nextafter(w, std::numeric_limits<float>::infinity());
+    }
+    TORCH_CHECK(std::isfinite(w), "bias_fitting_weight_scale: bias ", need, " needs a weight ",
+                "scale beyond float32 at input scale ", input_scale);
+    s[i] = w;
+    ++raised;
+  }
+  if (widened != nullptr) *widened = raised;
+  return out.reshape(weight_scale.sizes());
 }
 
 at::Tensor round_scale_to_power_of_two(const at::Tensor& scale) {

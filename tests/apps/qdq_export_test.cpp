@@ -190,4 +190,72 @@ TEST(QdqExport, EveryBitWidthRunsInOnnxRuntime) {
   }
 }
 
+// 16-bit grids: s_x * s_w is ~1e-9, so an ordinary bias of tens overflows int32 at that scale.
+// The weight scale of those channels is raised (as ONNX Runtime's quantize_static does) instead
+// of saturating the bias, and the simulation, the integer engine and ONNX Runtime all use the
+// raised scale; unsigned 16-bit activations (after a ReLU) export as uint16.
+TEST(QdqExport, SixteenBitLayersRaiseWeightScalesSoThatTheInt32BiasFits) {
+  std::string why;
+  const bool ort = calq::deploy::onnxruntime_available(&why);
+  for (const bool unsigned_relu : {false, true}) {
+    SCOPED_TRACE(unsigned_relu ? "uint16 after ReLU" : "int16");
+    torch::manual_seed(3);
+    calq::zoo::Classifier model = calq::zoo::make_model("cnn");
+    {
+      torch::NoGradGuard no_grad;
+      auto params = model->named_parameters();
+      params["conv1.bn.bias"].slice(0, 0, 4).fill_(40.0);  // a large beta on 4 of 16 channels
+    }
+    calq::fuse(*model);
+    const calq::QConfig qconfig =
+        calq::get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), "min_max",
+                                  "min_max", {{"dtype", "qint16"}}, {{"dtype", "qint16"}});
+    calq::QConfigOverrides overrides;
+    if (unsigned_relu) {
+      calq::QConfig relu = calq::get_default_qconfig(
+          std::string("fake_quant"), std::string("fake_quant"), "min_max", "min_max",
+          {{"dtype", "qint16"}, {"unsigned", true}}, {{"dtype", "qint16"}});
+      for (const char* name : {"conv1", "conv2", "fc1"}) overrides.by_name[name] = relu;
+    }
+    calq::prepare_qat(*model, qconfig, overrides);
+    torch::manual_seed(4);
+    std::vector<at::Tensor> batches;
+    for (int i = 0; i < 4; ++i) batches.push_back(torch::randn({16, 1, 28, 28}));
+    calq::calibrate(model, batches);
+    // The calibration data itself: min_max ranges hold it, so the only error left is the grids'.
+    const at::Tensor x = at::cat({batches[0], batches[1]});
+    at::Tensor reference, simulated;
+    model->eval();
+    {
+      torch::NoGradGuard no_grad;
+      calq::set_fake_quantize(*model, calq::FakeQuantState::FLOAT);
+      reference = model->forward(x);
+      calq::set_fake_quantize(*model, calq::FakeQuantState::VALIDATION);
+      calq::link_input_quantizers(trace_of(model));
+      simulated = model->forward(x);
+    }
+    // Raised ~13x, those 4 channels keep ~2,500 weight levels: ~2e-3 of the largest logit.
+    // Saturated, they would lose ~90 % of their bias (b / (s_x s_w) ~ 3e10 against 2^31).
+    const double error =
+        ((simulated - reference).abs().max() / reference.abs().max()).item<double>();
+    EXPECT_LT(error, 1e-2);
+    const std::string path =
+        temp_path(unsigned_relu ? "cnn_bias_fit_u16.onnx" : "cnn_bias_fit.onnx");
+    const calq::deploy::ExportReport report =
+        calq::deploy::export_qdq(*model, trace_of(model), path);
+    EXPECT_TRUE(report.bias_saturations.empty()) << report.str();
+    ASSERT_FALSE(report.weight_scales_raised.empty()) << report.str();
+    EXPECT_NE(report.weight_scales_raised[0].find("conv1: 4 of 16 weight scales raised"),
+              std::string::npos)
+        << report.str();
+    const at::Tensor engine = calq::deploy::run_integer(*model, trace_of(model), {x}).outputs[0];
+    EXPECT_LE(((engine - simulated).abs().max() / simulated.abs().max()).item<double>(), 1e-3);
+    if (!ort) continue;
+    const at::Tensor deployed = calq::deploy::run_onnxruntime(path, {x}).outputs[0];
+    EXPECT_LE(((deployed - simulated).abs().max() / simulated.abs().max()).item<double>(), 1e-3);
+    EXPECT_LE(((deployed - reference).abs().max() / reference.abs().max()).item<double>(), 1e-2);
+  }
+  if (!ort) GTEST_SKIP() << why;
+}
+
 }  // namespace

@@ -92,5 +92,63 @@ TEST(Qparams, Errors) {
                   "must be floating tensors"));
 }
 
+// The int32 bias of a 16-bit layer: b / (s_x s_w) can pass 2^31 - 1. The weight scale of that
+// channel alone is raised to the smallest float32 that holds it (ONNX Runtime's margin 1e-4);
+// checked against the definition by brute force on the float32 neighbours.
+TEST(BiasFittingWeightScale, RaisesOnlyTheOverflowingChannelToTheSmallestFit) {
+  const double s_x = 1e-4;
+  const at::Tensor s_w = torch::tensor({1e-5f, 1e-5f, 2e-5f});
+  const at::Tensor bias = torch::tensor({1.0, -1000.0, 0.0}, torch::kDouble);
+  int64_t widened = -1;
+  const at::Tensor fitted = bias_fitting_weight_scale(bias, s_x, s_w, false, &widened);
+  EXPECT_EQ(widened, 1);
+  ASSERT_EQ(fitted.scalar_type(), at::kFloat);
+  EXPECT_EQ(fitted[0].item<float>(), 1e-5f);  // 1 / 1e-9 = 1e9 fits int32
+  EXPECT_EQ(fitted[2].item<float>(), 2e-5f);
+  const float w = fitted[1].item<float>();
+  const double limit = 2147483647.0 / 1.0001;
+  auto ratio = [&](float scale) {
+    return 1000.0 / static_cast<double>(static_cast<float>(s_x) * scale);
+  };
+  EXPECT_LE(ratio(w), limit);
+  EXPECT_GT(ratio(std::nextafter(w, 0.0f)), limit);  // the smallest that fits
+  EXPECT_NEAR(w, 1000.0 / (1e-4 * limit), 1e-9);
+  const QuantizedBias q = quantize_bias(bias, s_x, fitted);
+  EXPECT_EQ(q.saturated, 0);
+  EXPECT_EQ(q.values[1].item<int32_t>(), static_cast<int32_t>(std::nearbyint(-ratio(w))));
+  // Without the fit, the same bias saturates.
+  EXPECT_EQ(quantize_bias(bias, s_x, s_w).saturated, 1);
+}
+
+TEST(BiasFittingWeightScale, PerTensorScaleAndPowersOfTwo) {
+  const at::Tensor bias = torch::tensor({1e-5, -5000.0}, torch::kDouble);
+  const double s_x = std::ldexp(1.0, -14);
+  // One scale for both channels: raised for the largest |b|.
+  const at::Tensor one = bias_fitting_weight_scale(bias, s_x, torch::tensor({1e-6f}), false);
+  ASSERT_EQ(one.numel(), 1);
+  EXPECT_LE(5000.0 / (static_cast<float>(s_x) * one.item<float>()), 2147483647.0);
+  // Power of two: the smallest power of two that fits (bernoulli grids stay shifts).
+  const at::Tensor p2 =
+      bias_fitting_weight_scale(bias, s_x, torch::tensor({0x1p-20f, 0x1p-20f}), true);
+  const float w = p2[1].item<float>();
+  int exponent = 0;
+  EXPECT_EQ(std::frexp(w, &exponent), 0.5f) << w;
+  EXPECT_LE(5000.0 / (s_x * w), 2147483647.0 / 1.0001);
+  EXPECT_GT(5000.0 / (s_x * w / 2), 2147483647.0 / 1.0001);
+  EXPECT_EQ(p2[0].item<float>(), 0x1p-20f);
+  // Nothing to raise: the scales come back unchanged.
+  int64_t widened = -1;
+  EXPECT_TRUE(bias_fitting_weight_scale(bias, 1.0, torch::tensor({0.1f, 0.2f}), false, &widened)
+                  .equal(torch::tensor({0.1f, 0.2f})));
+  EXPECT_EQ(widened, 0);
+  EXPECT_TRUE(
+      throws_with([&] { bias_fitting_weight_scale(bias, 0.0, one, false); }, "input scale"));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        bias_fitting_weight_scale(bias, 1.0, torch::tensor({0.1f, 0.2f, 0.3f}), false);
+      },
+      "need 1 or 2"));
+}
+
 }  // namespace
 }  // namespace calq

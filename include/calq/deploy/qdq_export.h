@@ -48,8 +48,12 @@ struct ExportReport {
   std::vector<std::string> float_outputs;
   /// Layers with activations the profile runs as DQ -> float -> Q (int16, int4).
   std::vector<std::string> float_kernels;
-  /// "layer: n of C bias values saturated to int32 (b / (s_x s_w) up to ...)".
+  /// "layer: n of C bias values saturated to int32 (b / (s_x s_w) up to ...)" (only where a
+  /// weight scale cannot be raised enough; see weight_scales_raised).
   std::vector<std::string> bias_saturations;
+  /// "layer: n of C weight scales raised (up to x R) so that the int32 bias fits": the
+  /// deployed weight scale (calq::bias_fitting_weight_scale), which VALIDATION simulates too.
+  std::vector<std::string> weight_scales_raised;
   /// Quantizers whose power-of-two scale is clamped to [2^-14, 2^-1].
   std::vector<std::string> clamped_scales;
   std::string str() const;
@@ -59,7 +63,8 @@ struct ExportReport {
 /// BN-folded weights) as QDQ ONNX to `path`, atomically. `trace` is calq::trace of the same
 /// model (its module calls in order; shapes from its example). Weights: the integers the
 /// simulation's weight quantizer produces, per output channel (axis 0 for Conv and for Gemm
-/// with transB = 1); bias: int32 round_half_even(b / (s_x * s_w[c])), saturated and reported;
+/// with transB = 1); bias: int32 round_half_even(b / (s_x * s_w[c])), with s_w[c] raised where
+/// it would overflow (QuantModuleImpl::deployed_weight_scale; reported);
 /// scales as float32 (powers of two stay exact). Throws naming the module for anything the
 /// format cannot express (e.g. an adaptive pool whose input size is not a multiple of its
 /// output size).

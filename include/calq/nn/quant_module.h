@@ -119,6 +119,15 @@ class QuantModuleImpl : public torch::nn::Module {
   /// holds them for an input on a grid of scale `input_scale`. Needs a weight quantizer.
   IntegerWeights integer_weights(const at::Tensor& weight, const at::Tensor& bias,
                                  float input_scale) const;
+  /// The weight quantizer's scale as deployed with `bias` (undefined: none) for an input of
+  /// scale `input_scale`: raised per channel where the int32 bias would overflow
+  /// (calq::bias_fitting_weight_scale), the quantizer's own scale elsewhere. Needs a weight
+  /// quantizer.
+  at::Tensor deployed_weight_scale(const at::Tensor& bias, double input_scale) const;
+  /// `weight` as deployed with `bias` for an input of scale `input_scale`: the weight
+  /// quantizer's forward, at deployed_weight_scale where that differs. Needs a weight
+  /// quantizer.
+  at::Tensor deployed_weight(const at::Tensor& weight, const at::Tensor& bias, double input_scale);
 
  protected:
   /// A value as the runtime stores it: integers on a grid.
@@ -159,8 +168,9 @@ class QuantModuleImpl : public torch::nn::Module {
   /// The bias as the deployed model adds it: in VALIDATION, with a quantized weight and a known
   /// input quantizer, quantize_bias(bias, s_x, s_w).dequantized(); otherwise `bias` itself.
   at::Tensor deployed_bias(const at::Tensor& bias) const;
-  /// Identity while the slot is empty.
-  at::Tensor quantize_weight(const at::Tensor& weight);
+  /// Identity while the slot is empty. `bias`: the bias this weight is deployed with
+  /// (undefined: none); where deployed_bias quantizes it, the weight is deployed_weight.
+  at::Tensor quantize_weight(const at::Tensor& weight, const at::Tensor& bias);
   at::Tensor quantize_output(const at::Tensor& output);
   /// Reports the call (inputs -> output) to this thread's recorder, if a trace runs, and
   /// returns output. Every forward ends with it, so that traces see the dataflow between
@@ -168,6 +178,10 @@ class QuantModuleImpl : public torch::nn::Module {
   at::Tensor traced(const std::vector<at::Tensor>& inputs, const at::Tensor& output) const;
 
  private:
+  /// s_x when deployed_bias quantizes `bias` (VALIDATION, a weight quantizer, a per-tensor
+  /// input quantizer); nullopt otherwise.
+  c10::optional<double> bias_input_scale(const at::Tensor& bias) const;
+
   std::string type_name_;
   bool prepared_ = false;
   c10::optional<QConfig> resolved_qconfig_;

@@ -65,6 +65,18 @@ struct QuantizedBias {
 QuantizedBias quantize_bias(const at::Tensor& bias, double input_scale,
                             const at::Tensor& weight_scale);
 
+/// The weight scale a deployment uses with `bias` at input scale s_x: where the int32 bias
+/// round(b_c / (s_x * s_w[c])) would overflow (16-bit grids: s_x * s_w can be ~1e-9), s_w[c] is
+/// raised to the smallest float32 (power_of_two: power of two) for which it fits, with a margin
+/// of 1e-4 as ONNX Runtime's quantize_static (_adjust_weight_scale_for_int32_bias) and
+/// TFLite's quantizer do; other channels keep their scale. A saturated bias would instead
+/// move the channel's whole output (docs/deploy.md). weight_scale: floating {1} (the one scale
+/// is raised for the largest channel) or {C}; bias: floating {C}. Returns float32, shaped like
+/// weight_scale; `widened` (optional) receives how many scales were raised.
+at::Tensor bias_fitting_weight_scale(const at::Tensor& bias, double input_scale,
+                                     const at::Tensor& weight_scale, bool power_of_two,
+                                     int64_t* widened = nullptr);
+
 /// Rounds each scale up to 2^ceil(log2(scale)) and clamps it to [2^-14, 2^-1]
 /// (power_of_two_scale); scales must be positive and finite.
 at::Tensor round_scale_to_power_of_two(const at::Tensor& scale);
