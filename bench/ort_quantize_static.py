@@ -469,6 +469,10 @@ def versus(args, results, onnxruntime):
     """--versus: paired comparison of given QDQ models (calq's) with ORT's validation-chosen
     configuration (MODEL.ort_best_val.test_pred.npy) on the same 10,000 test images."""
     x_test, y_test = load("test", calq_table=args.versus_preproc == "calq")
+    # Label-free fidelity: how often each deployment gives the float model's class, each with
+    # the float model run on its own preprocessing (ORT's predictions used the script's).
+    floats = dict(item.split("=", 1) for item in args.versus_float.split(",")) if args.versus_float else {}
+    fidelity = []
     rows = []
     for item in args.versus.split(","):
         name, path = item.split("=", 1)
@@ -490,6 +494,12 @@ def versus(args, results, onnxruntime):
         bv = results.get(name, {}).get("best_val", {})
         if bv:
             assert abs(float(o.mean()) - bv["top1"]) < 1e-9, f"{name}: ORT predictions do not match results.json"
+        if name in floats:
+            f_calq = predict(onnxruntime.InferenceSession(floats[name]), x_test)
+            f_ort = predict(onnxruntime.InferenceSession(floats[name]), load("test")[0])
+            ka, ko = pred == f_calq, ort_pred.astype(np.int64) == f_ort
+            fidelity.append((name, stem, ka.mean() * 100, ko.mean() * 100, int((ka & ~ko).sum()),
+                             int((~ka & ko).sum()), mcnemar_exact(int((ka & ~ko).sum()), int((~ka & ko).sum()))))
         rows.append((name, stem, bv.get("config", "?"), a.mean() * 100, o.mean() * 100, mean * 100,
                      (mean - 1.959964 * se) * 100, (mean + 1.959964 * se) * 100, b, c,
                      mcnemar_exact(b, c), recorded, seconds))
@@ -505,6 +515,13 @@ def versus(args, results, onnxruntime):
         rec_s = f"{rec:.2f}" if rec is not None else "-"
         print(f"| {name} | {stem} | {ta:.2f} ({rec_s}) | {cfg} | {to:.2f} | {dm:+.2f} | "
               f"[{lo:+.2f}, {hi:+.2f}] | {b} | {c} | {p:.3g} |")
+    if fidelity:
+        print("\nAgreement with the float model's class on the same test images (label-free: which "
+              "deployment computes closer to the float model; McNemar on the images where exactly one agrees).\n")
+        print("| model | calq file | calq agrees % | ORT agrees % | only calq agrees | only ORT agrees | McNemar p |")
+        print("|---|---|---|---|---|---|---|")
+        for (name, stem, ka, ko, b, c, p) in fidelity:
+            print(f"| {name} | {stem} | {ka:.2f} | {ko:.2f} | {b} | {c} | {p:.3g} |")
 
 
 def main():
@@ -522,6 +539,8 @@ def main():
     ap.add_argument("--versus", default="", help="MODEL=PATH.onnx,...: only compare these QDQ models "
                     "(e.g. calq's deploy/calibrated_*.onnx) with ORT's validation-chosen configuration "
                     "of MODEL (needs --out/MODEL.ort_best_val.test_pred.npy), paired on the test set")
+    ap.add_argument("--versus-float", default="", help="MODEL=FLOAT.onnx,...: also report each "
+                    "deployment's top-1 agreement with this float model (label-free fidelity)")
     ap.add_argument("--versus-preproc", choices=["calq", "script"], default="calq",
                     help="normalization for --versus models: calq's exact table (default) or this script's")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

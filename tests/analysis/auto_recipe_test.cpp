@@ -145,13 +145,51 @@ TEST_F(AutoRecipe, Int16PromotionAndUnsignedGrids) {
   EXPECT_FALSE(m->quant->output_fake_quant()->spec().unsigned_grid());
   for (const auto& name : result.promoted) {
     const auto& q = result.recipe.overrides.by_name.at(name);
-    EXPECT_EQ(q.activation->qkwargs.at("dtype"), "qint16") << name;
-    EXPECT_EQ(q.activation->observer, "min_max") << name;
+    if (name != "fc3") {  // fc3's output stays float (the factory's rule)
+      ASSERT_TRUE(q.activation.has_value()) << name;
+      EXPECT_EQ(q.activation->qkwargs.at("dtype"), "qint16") << name;
+      EXPECT_EQ(q.activation->observer, "min_max") << name;
+    }
+    if (name != "quant") {  // a weighted layer: its weight is promoted with its output
+      ASSERT_TRUE(q.weight.has_value()) << name;
+      EXPECT_EQ(q.weight->qkwargs.at("dtype"), "qint16") << name;
+    }
   }
   if (!result.promoted.empty()) {
     EXPECT_NE(result.summary().find("int16 activations run as DequantizeLinear"),
               std::string::npos);
   }
+}
+
+// 16-bit activations and 4-bit weights: promoting outputs alone cannot help, the weights can.
+// A point is promoted whole, so the target is reached by widening the weighted layers.
+TEST_F(AutoRecipe, TargetDropPromotesTheWeightsOfAPointToo) {
+  Recipe r;
+  r.global =
+      calq::get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"), "min_max",
+                                "min_max", {{"dtype", "qint16"}}, {{"dtype", "qint4"}});
+  const auto plain = calq::analysis::auto_recipe(factory_, forward_, r, calibration_, held_out_,
+                                                 AutoOptions().per_layer(false));
+  ASSERT_LT(plain.held_out.top1_agreement, 100.0) << "4-bit weights gave no disagreement";
+  const auto result = calq::analysis::auto_recipe(factory_, forward_, r, calibration_, held_out_,
+                                                  AutoOptions().per_layer(false).target_drop(0.0));
+  ASSERT_FALSE(result.promoted.empty());
+  EXPECT_GT(result.held_out.top1_agreement, plain.held_out.top1_agreement);
+  auto* m = dynamic_cast<MlpImpl*>(result.model.get());
+  ASSERT_NE(m, nullptr);
+  int widened = 0;
+  for (const auto& name : result.promoted) {
+    calq::nn::QuantModuleImpl* layer =
+        name == "fc1"   ? static_cast<calq::nn::QuantModuleImpl*>(m->fc1.get())
+        : name == "fc2" ? static_cast<calq::nn::QuantModuleImpl*>(m->fc2.get())
+        : name == "fc3" ? static_cast<calq::nn::QuantModuleImpl*>(m->fc3.get())
+                        : nullptr;
+    if (layer == nullptr) continue;
+    EXPECT_EQ(layer->weight_fake_quant()->spec().dtype(), calq::QuantDtype::qint16) << name;
+    ++widened;
+  }
+  EXPECT_GT(widened, 0);
+  if (result.target_met) EXPECT_DOUBLE_EQ(result.held_out.top1_agreement, 100.0);
 }
 
 TEST_F(AutoRecipe, Errors) {
