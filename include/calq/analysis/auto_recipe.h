@@ -81,9 +81,9 @@ struct AutoOptions {
   /// Calibration batches (the first ones) on which per-point candidates are compared by the
   /// output KL (or noise-to-signal ratio). Default 8.
   TORCH_ARG(int64_t, search_batches) = 8;
-  /// The held-out score; unset (default): label-free, top-1 agreement with the float model
-  /// (classifiers; -noise-to-signal ratio otherwise), ties broken by the lower output KL.
-  /// When set, it decides and agreement / KL break its ties.
+  /// The held-out score; unset (default): label-free, the lower output divergence from the
+  /// float model (KL for classifiers, ties broken by top-1 agreement; noise-to-signal ratio
+  /// otherwise). When set, it decides and KL / agreement break its ties.
   TORCH_ARG(HeldOutScore, score) = nullptr;
 };
 
@@ -91,7 +91,7 @@ struct AutoOptions {
 struct CandidateResult {
   std::string name;  ///< "kl", "per-layer", "cle+per-layer", "per-layer+bias_correction", ...
   OutputDivergence held_out;
-  double score = 0.0;  ///< the option's score, else the label-free primary key
+  double score = 0.0;  ///< the option's score, else -KL (-noise-to-signal ratio)
   bool chosen = false;
 };
 
@@ -117,6 +117,8 @@ struct AutoResult {
   /// The result against the float model on the held-out batches.
   OutputDivergence held_out;
   bool target_met = true;
+  /// Whether candidates were scored label-free (-KL) rather than by AutoOptions::score.
+  bool label_free_score = true;
   /// Work done: models calibrated, evaluations over the search batches, passes over the
   /// held-out batches.
   int64_t calibrations = 0, search_evaluations = 0, held_out_evaluations = 0;
