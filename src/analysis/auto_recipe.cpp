@@ -17,13 +17,15 @@ namespace {
 
 using ModelPtr = std::shared_ptr<torch::nn::Module>;
 
-// Lexicographic: the primary key decides, the tie-break (the lower KL) settles exact ties.
+// Lexicographic: the primary key decides, the tie-breaks settle exact ties in order.
 struct Score {
   double primary = -std::numeric_limits<double>::infinity();
   double tie_break = -std::numeric_limits<double>::infinity();
+  double last_tie_break = -std::numeric_limits<double>::infinity();
   bool operator>(const Score& other) const {
     if (primary != other.primary) return primary > other.primary;
-    return tie_break > other.tie_break;
+    if (tie_break != other.tie_break) return tie_break > other.tie_break;
+    return last_tie_break > other.last_tie_break;
   }
 };
 
@@ -159,23 +161,31 @@ class Search {
   void score(Built& b) {
     b.held_out = evaluate(*b.model, held_out_, held_reference_);
     result_.held_out_evaluations += 1;
+    rank(b);
+    CandidateResult c;
+    c.name = b.name;
+    c.held_out = b.held_out;
+    c.score = options_.score() ? b.score.primary : -b.held_out.divergence();
+    result_.candidates.push_back(c);
+  }
+
+  // Label-free: a candidate is eligible when its top-1 agreement with the float model is at
+  // least the best single observer's (agreement_floor_), so auto never ends below any single
+  // observer in the figure calq reports; among the eligible the lowest output KL wins. KL
+  // averages over every image and class, where agreement counts the few images near a
+  // decision boundary (at 8 bits candidates differ there by a handful of 5,000 images: noise).
+  void rank(Built& b) const {
     const OutputDivergence& d = b.held_out;
-    // Label-free, the output KL decides: it averages over every image and class, where top-1
-    // agreement counts the few images near a decision boundary (at 8 bits two candidates
-    // differ by a handful of images of 5,000: noise). Agreement breaks exact ties.
     const double agreement = d.classifier ? d.top1_agreement : 0.0;
     if (options_.score()) {
       b.score.primary = options_.score()(*b.model);
-      b.score.tie_break = -d.divergence() * 1e6 + agreement;  // KL, then agreement
+      b.score.tie_break = -d.divergence();  // then KL, then agreement
+      b.score.last_tie_break = agreement;
     } else {
-      b.score.primary = -d.divergence();
-      b.score.tie_break = agreement;
+      b.score.primary = agreement >= agreement_floor_ ? 1.0 : 0.0;
+      b.score.tie_break = -d.divergence();
+      b.score.last_tie_break = agreement;
     }
-    CandidateResult c;
-    c.name = b.name;
-    c.held_out = d;
-    c.score = b.score.primary;
-    result_.candidates.push_back(c);
   }
 
   double search_divergence(torch::nn::Module& model) {
@@ -198,6 +208,14 @@ class Search {
     std::vector<Built> uniform;
     for (const ObserverChoice& choice : options_.choices()) {
       uniform.push_back(build(prefix + choice.label(), recipe_for(choice, equalized)));
+    }
+    if (!equalized) {
+      for (const Built& u : uniform) {
+        if (u.held_out.classifier) {
+          agreement_floor_ = std::max(agreement_floor_, u.held_out.top1_agreement);
+        }
+      }
+      for (Built& u : uniform) rank(u);
     }
     size_t best = 0;
     for (size_t i = 1; i < uniform.size(); ++i) {
@@ -347,7 +365,8 @@ class Search {
           q.activation = sixteen_bits(with_observer(*q.activation, ObserverChoice{"min_max", {}}));
         }
         // The weight keeps its observer (per channel); only the grid widens.
-        if (q.weight) q.weight = sixteen_bits(*q.weight);
+        const bool weighted = !resolved.at(gain.second).module->weight_fake_quant().is_empty();
+        if (q.weight && weighted) q.weight = sixteen_bits(*q.weight);
       }
       r.overrides.by_name[gain.second] = q;
       result_.promoted.push_back(gain.second);
@@ -383,6 +402,8 @@ class Search {
   ModelPtr reference_model_;
   std::vector<at::Tensor> held_reference_, search_reference_;
   std::map<std::string, std::vector<PointDecision>> decisions_;
+  // The best top-1 agreement of the single-observer candidates (plain model); -inf before.
+  double agreement_floor_ = -std::numeric_limits<double>::infinity();
 };
 
 nlohmann::json number(double v) {
@@ -438,7 +459,9 @@ std::string AutoResult::summary(const deploy::Profile& profile) const {
   }
   out << "auto: chose '" << chosen << "' among " << candidates.size()
       << " scored candidates (held-out data, against the float model; score: "
-      << (label_free_score ? "-KL (-noise-to-signal ratio for non-classifiers)" : "the caller's")
+      << (label_free_score ? "the lowest KL among those with top-1 agreement at least the best "
+                             "single observer's"
+                           : "the caller's")
       << "):\n";
   for (const auto& c : candidates) {
     out << (c.chosen ? "  * " : "    ") << c.name;
@@ -515,6 +538,7 @@ nlohmann::json AutoResult::to_json() const {
                            {"search_divergence", search}});
   }
   return {{"recipe", recipe.to_json()},
+          {"score", label_free_score ? "-KL against the float model (held-out)" : "caller's"},
           {"candidates", candidates_json},
           {"points", points_json},
           {"promoted", promoted},

@@ -131,7 +131,10 @@ BiasCorrectionReport correct_bias(torch::nn::Module& model, const Forward& forwa
   set_all(model, FakeQuantState::VALIDATION);
   for (const QuantPoint& layer : layers) {
     auto wb = weight_and_bias(layer.module);
-    const at::Tensor w_q = layer.has_weight() ? layer.weight->forward(wb.first) : wb.first;
+    // The weight as VALIDATION computes it (its deployed scale: raised where the int32 bias
+    // would overflow).
+    const at::Tensor w_q =
+        layer.has_weight() ? layer.module->simulated_weight(wb.first, wb.second) : wb.first;
     ChannelMoments quantized;
     OutputRecorder recorder({layer.module});
     for (const at::Tensor& x : batches) {

@@ -391,11 +391,17 @@ class Engine {
                                 ? linear.linear->bias
                                 : at::zeros({linear.linear->weight.size(0)});
     const char* activation = linear.relu() ? "relu" : nullptr;
-    if (!x.quantized) {
+    if (!x.quantized || linear.weight_fake_quant().is_empty()) {
+      // A float input, or a float weight (kept float by the qconfig): the runtime dequantizes
+      // and runs the product in float, with the float bias for a float weight.
+      if (linear.weight_fake_quant().is_empty()) {
+        return activate(close_float(call, at::linear(dequantize(x), linear.linear->weight,
+                                                     linear.linear->bias)),
+                        activation);
+      }
       const at::Tensor weight =
-          linear.weight_fake_quant().is_empty() ? linear.linear->weight
-          : x.grid_hint ? linear.deployed_weight(linear.linear->weight, bias, x.grid.scale)
-                        : linear.weight_fake_quant()->forward(linear.linear->weight);
+          x.grid_hint ? linear.deployed_weight(linear.linear->weight, bias, x.grid.scale)
+                      : linear.weight_fake_quant()->forward(linear.linear->weight);
       return activate(close_float(call, at::linear(x.real, weight, hinted_bias(linear, bias, x))),
                       activation);
     }

@@ -97,8 +97,15 @@ at::Tensor QuantModuleImpl::deployed_weight(const at::Tensor& weight, const at::
   TORCH_CHECK(!weight_fake_quant_.is_empty(), type_name_,
               ": the weight is float; a deployed weight needs a weight quantizer");
   const at::Tensor own = weight_fake_quant_->forward(weight);  // taps see the weight
-  const at::Tensor fitted = deployed_weight_scale(bias, input_scale);
-  if (at::equal(fitted, weight_fake_quant_->scale())) return own;
+  if (!bias.defined()) return own;
+  int64_t raised = 0;
+  at::Tensor fitted;
+  {
+    at::NoGradGuard no_grad;
+    fitted = bias_fitting_weight_scale(bias.detach(), input_scale, weight_fake_quant_->scale(),
+                                       weight_fake_quant_->spec().power_of_two(), &raised);
+  }
+  if (raised == 0) return own;  // the usual case: nothing to redo
   return weight_fake_quant_->fake_quantize_at(weight, fitted);
 }
 

@@ -181,17 +181,30 @@ at::Tensor bias_fitting_weight_scale(const at::Tensor& bias, double input_scale,
     double need = std::abs(bv[scales == 1 ? 0 : i]);  // the largest |b_c| this scale serves
     for (int64_t c = 1; scales == 1 && c < channels; ++c) need = std::max(need, std::abs(bv[c]));
     TORCH_CHECK(std::isfinite(need), "bias_fitting_weight_scale: the bias is not finite");
-    auto fits = [&](float w) { return need / static_cast<double>(s_x * w) <= limit; };
+    TORCH_CHECK(std::isfinite(s[i]) && s[i] > 0, "bias_fitting_weight_scale: weight scale[", i,
+                "] = ", s[i], " must be finite and positive");
+    if (need == 0.0) continue;  // a zero bias fits any scale
+    auto fits = [&](float w) {
+      const float product = s_x * w;
+      return product > 0 && need / static_cast<double>(product) <= limit;
+    };
     if (fits(s[i])) continue;
     float w = static_cast<float>(need / (static_cast<double>(s_x) * limit));
     if (power_of_two) {
       w = static_cast<float>(std::exp2(std::ceil(std::log2(static_cast<double>(w)))));
     }
-    while (!fits(w)) {
-      w = power_of_two ? w * 2.0f : std::nextafter(w, std::numeric_limits<float>::infinity());
-    }
+    // Up to the first that fits, then down while the next smaller one still does: the
+    // smallest, whatever the float32 rounding of the start and of s_x * w.
+    const float step = power_of_two ? 2.0f : 0.0f;
+    auto up = [&](float v) {
+      return step > 0 ? v * step : std::nextafter(v, std::numeric_limits<float>::infinity());
+    };
+    auto down = [&](float v) { return step > 0 ? v / step : std::nextafter(v, 0.0f); };
+    w = std::max(w, std::numeric_limits<float>::min());  // a normal start: doubling moves it
+    while (std::isfinite(w) && !fits(w)) w = up(w);
     TORCH_CHECK(std::isfinite(w), "bias_fitting_weight_scale: bias ", need, " needs a weight ",
                 "scale beyond float32 at input scale ", input_scale);
+    while (down(w) > s[i] && fits(down(w))) w = down(w);
     s[i] = w;
     ++raised;
   }

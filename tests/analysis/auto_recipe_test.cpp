@@ -85,15 +85,22 @@ std::vector<std::pair<std::string, at::Tensor>> scales(torch::nn::Module& m) {
 TEST_F(AutoRecipe, NeverBelowItsCandidatesAndReproducible) {
   const auto result =
       calq::analysis::auto_recipe(factory_, forward_, base("qint4"), calibration_, held_out_);
-  // Every single-observer recipe is a scored candidate; the choice is the best of all: the
-  // lowest output KL against the float model on the held-out batches.
+  // Every single-observer recipe is a scored candidate; the choice has at least the best
+  // top-1 agreement of them and the lowest output KL of all candidates that have it.
   int uniform = 0;
+  double floor = 0.0;
   for (const auto& c : result.candidates) {
     for (const auto& choice : calq::analysis::default_observer_choices()) {
-      if (c.name == choice.label()) ++uniform;
+      if (c.name == choice.label()) {
+        ++uniform;
+        floor = std::max(floor, c.held_out.top1_agreement);
+      }
     }
-    EXPECT_GE(c.held_out.kl, result.held_out.kl) << c.name;
     EXPECT_DOUBLE_EQ(c.score, -c.held_out.kl) << c.name;
+  }
+  EXPECT_GE(result.held_out.top1_agreement, floor);
+  for (const auto& c : result.candidates) {
+    if (c.held_out.top1_agreement >= floor) EXPECT_GE(c.held_out.kl, result.held_out.kl) << c.name;
   }
   EXPECT_EQ(uniform, 6);
   int chosen = 0;

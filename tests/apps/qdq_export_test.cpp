@@ -248,6 +248,34 @@ TEST(QdqExport, SixteenBitLayersRaiseWeightScalesSoThatTheInt32BiasFits) {
     EXPECT_NE(report.weight_scales_raised[0].find("conv1: 4 of 16 weight scales raised"),
               std::string::npos)
         << report.str();
+    // Exactly the raised scales, in the module, its integer weights and the exported model.
+    auto* conv1 =
+        dynamic_cast<calq::nn::detail::ConvBlockImpl*>(model->named_modules()["conv1"].get());
+    ASSERT_NE(conv1, nullptr);
+    const auto folded = conv1->folded_weight_and_bias();
+    const double s_x = conv1->input_quantizer()->scale().item<double>();
+    const at::Tensor own = conv1->weight_fake_quant()->scale();
+    const at::Tensor raised = conv1->deployed_weight_scale(folded.second, s_x);
+    EXPECT_EQ((raised != own).sum().item<int64_t>(), 4);
+    EXPECT_TRUE((raised.slice(0, 0, 4) > own.slice(0, 0, 4)).all().item<bool>());
+    const calq::nn::IntegerWeights iw = conv1->integer_weights(folded.first, folded.second, s_x);
+    for (int64_t c = 0; c < raised.numel(); ++c) {
+      EXPECT_EQ(iw.scale[c], raised[c].item<float>()) << c;
+    }
+    EXPECT_LE(iw.bias.abs().max().item<double>(), 2147483647.0);
+    EXPECT_GT(iw.bias.abs().max().item<double>(), 1e9);  // the raise leaves no headroom unused
+    const onnx::ModelProto exported = read_model(path);
+    bool found = false;
+    for (const auto& init : exported.graph().initializer()) {
+      if (init.name() != "conv1/weight/scale") continue;
+      found = true;
+      ASSERT_EQ(init.raw_data().size(), raised.numel() * sizeof(float));
+      const float* values = reinterpret_cast<const float*>(init.raw_data().data());
+      for (int64_t c = 0; c < raised.numel(); ++c) {
+        EXPECT_EQ(values[c], raised[c].item<float>()) << c;
+      }
+    }
+    EXPECT_TRUE(found) << "no initializer conv1/weight/scale";
     const at::Tensor engine = calq::deploy::run_integer(*model, trace_of(model), {x}).outputs[0];
     EXPECT_LE(((engine - simulated).abs().max() / simulated.abs().max()).item<double>(), 1e-3);
     if (!ort) continue;
@@ -256,6 +284,46 @@ TEST(QdqExport, SixteenBitLayersRaiseWeightScalesSoThatTheInt32BiasFits) {
     EXPECT_LE(((deployed - reference).abs().max() / reference.abs().max()).item<double>(), 1e-2);
   }
   if (!ort) GTEST_SKIP() << why;
+}
+
+// A layer whose weight the qconfig keeps float (auto's --promotion float) between quantized
+// activations: the runtime dequantizes and runs it in float; the integer engine does the same.
+TEST(QdqExport, FloatWeightLayerBetweenQuantizedActivations) {
+  const calq::QConfig qconfig = calq::get_default_qconfig(
+      std::string("fake_quant"), std::string("fake_quant"), "min_max", "min_max");
+  torch::manual_seed(3);
+  calq::zoo::Classifier model = calq::zoo::make_model("cnn");
+  calq::fuse(*model);
+  calq::QConfigOverrides overrides;
+  calq::QConfig float_weight = qconfig;
+  float_weight.weight = c10::nullopt;
+  overrides.by_name["fc1"] = float_weight;
+  calq::prepare_qat(*model, qconfig, overrides);
+  std::vector<at::Tensor> batches;
+  for (int i = 0; i < 2; ++i) batches.push_back(torch::randn({16, 1, 28, 28}));
+  calq::calibrate(model, batches);
+  calq::set_fake_quantize(*model, calq::FakeQuantState::VALIDATION);
+  calq::link_input_quantizers(trace_of(model));
+  const at::Tensor x = batches[0];
+  at::Tensor simulated;
+  {
+    torch::NoGradGuard no_grad;
+    simulated = model->forward(x);
+  }
+  const at::Tensor engine = calq::deploy::run_integer(*model, trace_of(model), {x}).outputs[0];
+  EXPECT_LE(((engine - simulated).abs().max() / simulated.abs().max()).item<double>(), 1e-2);
+  EXPECT_EQ(engine.argmax(1).ne(simulated.argmax(1)).sum().item<int64_t>(), 0);
+  std::string why;
+  if (!calq::deploy::onnxruntime_available(&why)) GTEST_SKIP() << why;
+  const std::string path = temp_path("cnn_float_fc1.onnx");
+  calq::deploy::export_qdq(*model, trace_of(model), path);
+  const at::Tensor deployed = calq::deploy::run_onnxruntime(path, {x}).outputs[0];
+  // fc1 in float: ORT's Gemm sums in another order, so its requantized output (and what
+  // follows) can land a step or two of the output grid apart.
+  auto* fc2 = dynamic_cast<calq::nn::QuantModuleImpl*>(model->named_modules()["fc2"].get());
+  ASSERT_NE(fc2, nullptr);
+  const double step = fc2->output_fake_quant()->scale().item<double>();
+  EXPECT_LE((deployed - engine).abs().max().item<double>(), 2 * step * (1 + 1e-6));
 }
 
 }  // namespace

@@ -100,9 +100,12 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint,
   Workspace ws = open_workspace(config);
   const data::SourcePtr set = ws.test ? ws.test : ws.validation;
   // One saved model's top-1 (labels, or agreement with its own float weights without them).
-  auto evaluate_one = [&ws, &set](const std::string& path) {
+  std::vector<std::pair<Model, bool>> loaded;  // each model and whether it is quantized
+  auto evaluate_one = [&ws, &set, &loaded](const std::string& path) {
     ModelMeta meta;
-    Model model = load_model(path, &meta);
+    loaded.emplace_back(load_model(path, &meta), false);
+    Model& model = loaded.back().first;
+    loaded.back().second = meta.prepared;
     check_workspace_fits(model, ws);
     ModelMeta float_meta = meta;
     float_meta.prepared = false;
@@ -127,6 +130,20 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint,
     std::cout << "paired, " << versus << " - " << checkpoint << " on " << c.n << " "
               << (ws.test ? "test" : "validation") << " images: " << c.str() << " (" << c.verdict()
               << ")\n";
+  }
+  // Against a float model, the label-free fidelity too: how often the quantized model gives
+  // the float model's class (the accuracy difference above nets flips in both directions).
+  Model& base = loaded[0].first;
+  Model& other = loaded[1].first;
+  if (ws.labelled && !loaded[0].second && loaded[1].second) {
+    base.module->eval();
+    const pipeline::Evaluation f = pipeline::evaluate_each(*other.module, other.forward, set, true,
+                                                           &base.forward, 512, "eval", ws.group);
+    if (ws.writer()) {
+      std::cout << "top-1 agreement of " << versus << " with " << checkpoint << ": " << f.top1
+                << "% (" << static_cast<int64_t>(std::llround((100.0 - f.top1) * c.n / 100.0))
+                << " of " << c.n << " images differ), output SQNR " << f.sqnr_db << " dB\n";
+    }
   }
   return 0;
 }

@@ -133,6 +133,7 @@ nlohmann::json deploy_and_check(const Workspace& ws, const Model& model, const M
                             {"float_outputs", exported.float_outputs},
                             {"float_kernels", exported.float_kernels},
                             {"bias_saturations", exported.bias_saturations},
+                            {"weight_scales_raised", exported.weight_scales_raised},
                             {"clamped_scales", exported.clamped_scales}}}};
 
   // The integer engine: along the trace of a calq::nn model, node by node on an imported graph.

@@ -81,9 +81,10 @@ struct AutoOptions {
   /// Calibration batches (the first ones) on which per-point candidates are compared by the
   /// output KL (or noise-to-signal ratio). Default 8.
   TORCH_ARG(int64_t, search_batches) = 8;
-  /// The held-out score; unset (default): label-free, the lower output divergence from the
-  /// float model (KL for classifiers, ties broken by top-1 agreement; noise-to-signal ratio
-  /// otherwise). When set, it decides and KL / agreement break its ties.
+  /// The held-out score; unset (default): label-free, the lowest output divergence from the
+  /// float model (KL for classifiers; noise-to-signal ratio otherwise) among the candidates
+  /// whose top-1 agreement with it is at least the best single observer's. When set, it
+  /// decides and KL / agreement break its ties.
   TORCH_ARG(HeldOutScore, score) = nullptr;
 };
 

@@ -128,6 +128,11 @@ class QuantModuleImpl : public torch::nn::Module {
   /// quantizer's forward, at deployed_weight_scale where that differs. Needs a weight
   /// quantizer.
   at::Tensor deployed_weight(const at::Tensor& weight, const at::Tensor& bias, double input_scale);
+  /// `weight` (with `bias`, after batch-norm folding) as this module's forward quantizes it in
+  /// the current state (quantize_weight).
+  at::Tensor simulated_weight(const at::Tensor& weight, const at::Tensor& bias) {
+    return quantize_weight(weight, bias);
+  }
 
  protected:
   /// A value as the runtime stores it: integers on a grid.
