@@ -165,6 +165,29 @@ at::Tensor bias_fitting_weight_scale(const at::Tensor& bias, double input_scale,
   TORCH_CHECK(std::isfinite(input_scale) && input_scale > 0,
               "bias_fitting_weight_scale: ", "input scale ", input_scale,
               " must be finite and positive");
+  // Called on every VALIDATION forward of a weighted layer: when every channel already fits
+  // (8-bit grids, always), answer from the raw float32 values without allocating.
+  const double limit = 2147483647.0 / 1.0001;
+  const float s_x = static_cast<float>(input_scale);
+  if (bias.scalar_type() == at::kFloat && weight_scale.scalar_type() == at::kFloat &&
+      bias.device().is_cpu() && weight_scale.device().is_cpu() && bias.is_contiguous() &&
+      weight_scale.is_contiguous() &&
+      (weight_scale.numel() == 1 || weight_scale.numel() == bias.numel())) {
+    const float* bp = bias.data_ptr<float>();
+    const float* sp = weight_scale.data_ptr<float>();
+    const bool one = weight_scale.numel() == 1;
+    bool all_fit = true;
+    for (int64_t c = 0; c < bias.numel() && all_fit; ++c) {
+      const float w = sp[one ? 0 : c];
+      const float product = s_x * w;
+      all_fit = std::isfinite(bp[c]) && std::isfinite(w) && w > 0 && product > 0 &&
+                std::abs(static_cast<double>(bp[c])) / static_cast<double>(product) <= limit;
+    }
+    if (all_fit) {
+      if (widened != nullptr) *widened = 0;
+      return weight_scale;
+    }
+  }
   const at::Tensor b = detail::to_double_vector(bias);
   at::Tensor out = weight_scale.detach().to(at::kCPU, at::kFloat).contiguous().clone();
   const int64_t channels = b.numel(), scales = out.numel();
@@ -172,10 +195,8 @@ at::Tensor bias_fitting_weight_scale(const at::Tensor& bias, double input_scale,
               " weight scales for ", channels, " bias values; need 1 or ", channels);
   float* s = out.data_ptr<float>();
   const double* bv = b.data_ptr<double>();
-  const float s_x = static_cast<float>(input_scale);
-  // Below 2^31 - 1 with ORT's relative margin, so that round(b / fr(s_x * s_w)) fits whatever
-  // the float32 rounding of the product.
-  const double limit = 2147483647.0 / 1.0001;
+  // `limit`: below 2^31 - 1 with ORT's relative margin, so that round(b / fr(s_x * s_w)) fits
+  // whatever the float32 rounding of the product.
   int64_t raised = 0;
   for (int64_t i = 0; i < scales; ++i) {
     double need = std::abs(bv[scales == 1 ? 0 : i]);  // the largest |b_c| this scale serves
