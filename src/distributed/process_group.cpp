@@ -271,9 +271,15 @@ void ProcessGroup::rendezvous() {
         int64_t their_world = -1;
         std::string host, pid;
         in >> their_world >> host >> pid;
-        TORCH_CHECK(their_world == world, "distributed: rank ", r, " (", host, ", pid ", pid,
-                    ") was started with WORLD_SIZE=", their_world, " and rank ", rank,
-                    " with WORLD_SIZE=", world, "; every rank needs the same WORLD_SIZE");
+        if (their_world != world) {
+          // The rank that hosts the store takes it down when it throws: first give the other
+          // rank a moment to read this rank's entry, so that both name the mismatch (instead
+          // of the other one only seeing the store vanish).
+          std::this_thread::sleep_for(std::max(heartbeat_interval_, milliseconds(1000)));
+          TORCH_CHECK(false, "distributed: rank ", r, " (", host, ", pid ", pid,
+                      ") was started with WORLD_SIZE=", their_world, " and rank ", rank,
+                      " with WORLD_SIZE=", world, "; every rank needs the same WORLD_SIZE");
+        }
       }
       if (missing == 0) break;
       if (Clock::now() > deadline) {
