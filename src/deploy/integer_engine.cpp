@@ -391,14 +391,14 @@ class Engine {
                                 ? linear.linear->bias
                                 : at::zeros({linear.linear->weight.size(0)});
     const char* activation = linear.relu() ? "relu" : nullptr;
-    if (!x.quantized || linear.weight_fake_quant().is_empty()) {
-      // A float input, or a float weight (kept float by the qconfig): the runtime dequantizes
-      // and runs the product in float, with the float bias for a float weight.
-      if (linear.weight_fake_quant().is_empty()) {
-        return activate(close_float(call, at::linear(dequantize(x), linear.linear->weight,
-                                                     linear.linear->bias)),
-                        activation);
-      }
+    if (linear.weight_fake_quant().is_empty()) {
+      // A float weight (kept float by the qconfig): the runtime dequantizes the input and
+      // runs the product in float with the float bias.
+      return activate(
+          close_float(call, at::linear(dequantize(x), linear.linear->weight, linear.linear->bias)),
+          activation);
+    }
+    if (!x.quantized) {  // a float input: the product in float, the bias as the export writes it
       const at::Tensor weight =
           x.grid_hint ? linear.deployed_weight(linear.linear->weight, bias, x.grid.scale)
                       : linear.weight_fake_quant()->forward(linear.linear->weight);
