@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -218,6 +219,17 @@ TEST(AnalyzeCli, RecoveryStepsAlone) {
   ASSERT_TRUE(std::regex_search(text, diff, std::regex("on 256 test images: ([-+][0-9.]+) pt")))
       << text;
   EXPECT_NEAR(std::stod(diff[1]), values[1] - values[0], 0.006) << text;
+  // Against a float checkpoint: how often the quantized model gives the float model's class.
+  // Every image whose correctness changed has another class, so the net change cannot exceed
+  // the images that differ.
+  std::smatch agree;
+  ASSERT_TRUE(std::regex_search(
+      text, agree,
+      std::regex("float_mobilenet.pt: ([0-9.]+)% \\(([0-9]+) of 256 images differ\\)")))
+      << text;
+  const int differ = std::stoi(agree[2]);
+  EXPECT_NEAR(std::stod(agree[1]), 100.0 * (256 - differ) / 256.0, 1e-3) << text;
+  EXPECT_GE(differ, std::lround(std::abs(std::stod(diff[1])) * 256 / 100.0)) << text;
 }
 
 }  // namespace
