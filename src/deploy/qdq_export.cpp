@@ -70,7 +70,12 @@ class Exporter {
 
   const Value& input(const TracedCall& call, size_t i) const {
     TORCH_CHECK(i < call.inputs.size(), call.path, ": expected at least ", i + 1, " inputs");
-    return values_[call.inputs[i]];
+    const Value& v = values_[call.inputs[i]];
+    TORCH_CHECK(!v.name.empty(), "export: ", call.path, " reads input ", i,
+                " directly from a parameter or buffer, not from a model input or a calq::nn "
+                "module; the exporter of traced models cannot write it. Compute it with a "
+                "calq::nn module (or import the model from ONNX)");
+    return v;
   }
 
   Value close(const TracedCall& call, const std::string& op_output, nn::Activation activation,

@@ -96,8 +96,37 @@ std::string QuantizeReport::str() const {
   return out.str();
 }
 
-QuantizeReport quantize_onnx(const std::string& input_path, CalibrationSource& calibration,
-                             const std::string& output_path, const QuantizeOptions& options) {
+QConfig quantize_qconfig(const QuantizeOptions& options) {
+  if (!options.qconfig_path().empty()) return load_qconfig(options.qconfig_path());
+  return get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"),
+                             options.observer(), "min_max",
+                             {{"dtype", to_string(options.activation_dtype())}},
+                             {{"dtype", to_string(options.weight_dtype())}});
+}
+
+QConfigOverrides quantize_overrides(const onnx::ImportedModel& m, const QConfig& global,
+                                    const QuantizeOptions& options, const QConfigOverrides& base,
+                                    QuantizeReport* report) {
+  QConfigOverrides overrides = base;
+  const std::map<std::string, QConfig> excluded = m.keep_float(options.exclude());
+  for (const auto& entry : excluded) {
+    overrides.by_name[entry.first] = entry.second;
+    if (report != nullptr) report->excluded.push_back(entry.first);
+  }
+  if (!options.float_outputs()) return overrides;
+  for (const auto& name : output_modules(*m.graph)) {
+    if (excluded.count(name) > 0) continue;
+    // A recipe's own weight grid for the layer, if it has one (an automatic recipe's entry).
+    const auto own = base.by_name.find(name);
+    QConfig last = own != base.by_name.end() ? own->second : global;
+    last.activation = c10::nullopt;
+    overrides.by_name[name] = last;
+    if (report != nullptr) report->float_outputs.push_back(name);
+  }
+  return overrides;
+}
+
+onnx::ImportedModel import_for_quantization(const std::string& input_path) {
   onnx::ImportedModel m = onnx::import(input_path);
   TORCH_CHECK(!m.qdq, "quantize_onnx: '", input_path,
               "' is already a QDQ model (it has QuantizeLinear / DequantizeLinear); calibrating "
@@ -106,30 +135,16 @@ QuantizeReport quantize_onnx(const std::string& input_path, CalibrationSource& c
   TORCH_CHECK(m.inputs.size() == 1, "quantize_onnx: '", input_path, "' has ", m.inputs.size(),
               " inputs; calibration data feeds models with one input");
   fuse(*m.graph);
+  return m;
+}
 
-  QConfig global;
-  if (options.qconfig_path().empty()) {
-    global = get_default_qconfig(std::string("fake_quant"), std::string("fake_quant"),
-                                 options.observer(), "min_max",
-                                 {{"dtype", to_string(options.activation_dtype())}},
-                                 {{"dtype", to_string(options.weight_dtype())}});
-  } else {
-    global = load_qconfig(options.qconfig_path());
-  }
-  QConfigOverrides overrides;
+QuantizeReport quantize_onnx(const std::string& input_path, CalibrationSource& calibration,
+                             const std::string& output_path, const QuantizeOptions& options) {
+  onnx::ImportedModel m = import_for_quantization(input_path);
   QuantizeReport report;
-  overrides.by_name = m.keep_float(options.exclude());
-  for (const auto& entry : overrides.by_name) report.excluded.push_back(entry.first);
-  if (options.float_outputs()) {
-    for (const auto& name : output_modules(*m.graph)) {
-      if (overrides.by_name.count(name) > 0) continue;
-      QConfig last = global;
-      last.activation = c10::nullopt;
-      overrides.by_name[name] = last;
-      report.float_outputs.push_back(name);
-    }
-  }
-  prepare_qat(*m.graph, global, overrides, options.march());
+  const QConfig global = quantize_qconfig(options);
+  prepare_qat(*m.graph, global, quantize_overrides(m, global, options, {}, &report),
+              options.march());
 
   set_fake_quantize(*m.graph, FakeQuantState::CALIBRATION);
   at::Tensor example;

@@ -27,6 +27,11 @@ std::vector<at::Tensor> FloatFunctionImpl::forward(const std::vector<at::Tensor>
       if (y.defined() && y.is_floating_point()) y = quantize_output(y);
     }
   }
+  // Traced as one call per output (a Split appears once per part), so that the layers that
+  // read a graph's float functions (a Flatten before a Gemm) can be traced too.
+  for (const at::Tensor& y : outputs) {
+    if (y.defined()) traced(inputs, y);
+  }
   return outputs;
 }
 

@@ -15,6 +15,11 @@ class Recorder : public nn::CallRecorder {
       paths_[item.value().get()] = item.key();
     }
     for (const at::Tensor& x : inputs) trace_.inputs.push_back(new_value(x, -1));
+    // A parameter or buffer read as a module input (an imported graph's constants: a Reshape's
+    // shape, a Clip's bounds, an added bias) is a value without producer, like a model input
+    // but not one of trace_.inputs.
+    for (const auto& p : model.named_parameters(/*recurse=*/true)) constant(p.value());
+    for (const auto& b : model.named_buffers(/*recurse=*/true)) constant(b.value());
   }
 
   void record(const nn::QuantModuleImpl& module, const std::vector<at::Tensor>& inputs,
@@ -26,6 +31,11 @@ class Recorder : public nn::CallRecorder {
     call.path = found->second;
     call.module = const_cast<nn::QuantModuleImpl*>(&module);
     for (const at::Tensor& x : inputs) {
+      if (!x.defined()) {  // an omitted optional input (graphs): a constant without value
+        if (undefined_ < 0) undefined_ = new_value(x, -1);
+        call.inputs.push_back(undefined_);
+        continue;
+      }
       auto id = ids_.find(x.unsafeGetTensorImpl());
       TORCH_CHECK(id != ids_.end(), "trace: ", module.type_name(), " '", call.path,
                   "' reads a tensor of shape ", x.sizes(),
@@ -49,10 +59,14 @@ class Recorder : public nn::CallRecorder {
   Trace take() { return std::move(trace_); }
 
  private:
+  void constant(const at::Tensor& x) {
+    if (x.defined() && ids_.count(x.unsafeGetTensorImpl()) == 0) new_value(x, -1);
+  }
+
   int64_t new_value(const at::Tensor& x, int64_t producer) {
     TracedValue value;
     value.id = static_cast<int64_t>(trace_.values.size());
-    value.shape = x.sizes().vec();
+    if (x.defined()) value.shape = x.sizes().vec();
     value.producer = producer;
     trace_.values.push_back(value);
     // A module may return its input (Identity): the newest value of a tensor wins, which is
@@ -66,6 +80,7 @@ class Recorder : public nn::CallRecorder {
   std::map<const torch::nn::Module*, std::string> paths_;
   std::map<const c10::TensorImpl*, int64_t> ids_;
   std::vector<at::Tensor> alive_;
+  int64_t undefined_ = -1;
 };
 
 }  // namespace

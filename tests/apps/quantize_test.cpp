@@ -188,6 +188,59 @@ TEST(QuantizeCommand, EndToEnd) {
   ASSERT_EQ(short_form.exit_code, 0) << short_form.output;
   EXPECT_TRUE(calq::onnx::import(short_out).qdq);
 }
+
+// --observer auto: the per-layer search on the .npy (its last quarter held out, or a held-out
+// file), the chosen model written, and the recipe that `calq calibrate --qconfig` reads back.
+TEST(QuantizeCommand, AutoEndToEnd) {
+  const std::string out = temp_path("cli_auto.onnx");
+  const std::string recipe = temp_path("cli_auto.recipe.json");
+  std::filesystem::remove(out);
+  std::filesystem::remove(recipe);
+  const std::string calib = calibration_file(96);
+  Result r = run_cli("quantize --model " + kModel + " --calib " + calib + " --output " + out +
+                     " --observer auto --bias-correction --batch-size 16 --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("auto: chose"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("held out 32 samples (2 batches)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("calibrated on 64 samples (4 batches)"), std::string::npos) << r.output;
+  EXPECT_TRUE(calq::onnx::import(out).qdq);
+  ASSERT_TRUE(std::filesystem::exists(recipe)) << r.output;
+  std::string why;
+  if (calq::deploy::onnxruntime_available(&why)) {
+    EXPECT_EQ(
+        calq::deploy::run_onnxruntime(out, {torch::randn({4, 1, 8, 8})}).outputs.at(0).sizes(),
+        (std::vector<int64_t>{4, 3}));
+  }
+  // The recipe is one that calibrate accepts for the same model.
+  const auto dir = std::filesystem::temp_directory_path() / "calq_quantize_test" / "recipe_run";
+  std::filesystem::remove_all(dir);
+  r = run_cli("calibrate --model " + kModel + " --data " + calib + " --qconfig " + recipe +
+              " --val-size 32 --calib-batches 4 --batch-size 16 --threads 1 --quiet --out " +
+              dir.string());
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+
+  // A separate held-out file.
+  torch::manual_seed(43);
+  const std::string held = temp_path("held40.npy");
+  calq::util::write_npy(held, torch::randn({40, 1, 8, 8}));
+  r = run_cli("quantize --model " + kModel + " --calib " + calib + " --output " + out +
+              " --observer auto --held-out-data " + held + " --batch-size 16 --threads 1" +
+              " --recipe " + temp_path("other.recipe.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("held out 40 samples (3 batches)"), std::string::npos) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(temp_path("other.recipe.json")));
+
+  // The search's flags without the search, and two held-out choices, are errors.
+  r = run_cli("quantize --model " + kModel + " --calib " + calib + " --output " + out +
+              " --bias-correction");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("--bias-correction belongs to the automatic recipe"), std::string::npos)
+      << r.output;
+  r = run_cli("quantize --model " + kModel + " --calib " + calib + " --output " + out +
+              " --observer auto --held-out 0.5 --held-out-data " + held);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("give one"), std::string::npos) << r.output;
+}
 #endif
 
 }  // namespace

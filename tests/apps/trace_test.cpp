@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "calq/deploy/qdq_export.h"
 #include "calq/nn.h"
 #include "calq/workflow.h"
 #include "calq/zoo/models.h"
@@ -123,6 +124,52 @@ TEST(Trace, PlainAtenCodeBetweenModulesIsAnError) {
     const std::string message = e.what();
     EXPECT_NE(message.find("ReLU 'relu' reads a tensor"), std::string::npos) << message;
     EXPECT_NE(message.find("plain ATen code"), std::string::npos) << message;
+  }
+}
+
+// A parameter read directly as a module's input (an imported graph's constants are such
+// reads): the trace records it as a value without producer that is not a model input; the
+// exporter of traced models, which cannot write it, says so instead of writing a broken file.
+struct ParameterAddImpl : torch::nn::Module {
+  ParameterAddImpl() {
+    quant = register_module("quant", calq::nn::QuantStub());
+    conv = register_module("conv", calq::nn::Conv2d(calq::nn::Conv2dOptions(1, 2, 3).padding(1)));
+    add = register_module("add", calq::nn::Add());
+    offset = register_parameter("offset", torch::randn({1, 2, 4, 4}));
+  }
+  at::Tensor forward(const at::Tensor& x) { return add(conv(quant(x)), offset); }
+  calq::nn::QuantStub quant{nullptr};
+  calq::nn::Conv2d conv{nullptr};
+  calq::nn::Add add{nullptr};
+  at::Tensor offset;
+};
+TORCH_MODULE(ParameterAdd);
+
+TEST(Trace, ParameterReadDirectlyIsAValueWithoutProducerThatExportRefuses) {
+  ParameterAdd model;
+  calq::prepare_qat(*model, calq::get_default_qconfig());
+  const auto forward = [&model](const at::Tensor& x) { return model->forward(x); };
+  calq::set_fake_quantize(*model, calq::FakeQuantState::CALIBRATION);
+  {
+    torch::NoGradGuard no_grad;
+    forward(torch::randn({4, 1, 4, 4}));
+  }
+  calq::set_fake_quantize(*model, calq::FakeQuantState::VALIDATION);
+  const calq::Trace t = calq::trace(*model, forward, torch::randn({1, 1, 4, 4}));
+  ASSERT_EQ(t.calls.size(), 3u);
+  const calq::TracedCall& add = t.calls[2];
+  ASSERT_EQ(add.inputs.size(), 2u);
+  EXPECT_EQ(t.producer(add.inputs[1]), nullptr);
+  EXPECT_EQ(t.values[add.inputs[1]].shape, (std::vector<int64_t>{1, 2, 4, 4}));
+  ASSERT_EQ(t.inputs.size(), 1u);
+  EXPECT_NE(t.inputs[0], add.inputs[1]) << "a parameter is not a model input";
+  try {
+    calq::deploy::export_qdq_bytes(*model, t);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("directly from a parameter or buffer"),
+              std::string::npos)
+        << e.what();
   }
 }
 

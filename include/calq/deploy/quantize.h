@@ -14,6 +14,8 @@
 
 #include "calq/data/arrays.h"
 #include "calq/deploy/qdq_export.h"
+#include "calq/onnx/import.h"
+#include "calq/qconfig.h"
 #include "calq/quant/quant_spec.h"
 #include "calq/workflow.h"
 
@@ -93,6 +95,23 @@ struct QuantizeReport {
   ExportReport export_report;
   std::string str() const;
 };
+
+/// Imports a float ONNX model with one input and fuses it (what quantize_onnx prepares). A QDQ
+/// model or a model with several inputs throws, saying why.
+onnx::ImportedModel import_for_quantization(const std::string& input_path);
+
+/// The global qconfig quantize_onnx prepares with: `options`' observer and dtypes (per-tensor
+/// activations, per-channel min_max weights), or its qconfig file.
+QConfig quantize_qconfig(const QuantizeOptions& options);
+
+/// prepare_qat's overrides for `m` under `global`: `base`, then options.exclude() kept float,
+/// then (options.float_outputs()) the modules producing the model's outputs with a float output
+/// and their weight as `base` or else `global` quantizes it. Fills the report's `excluded` and
+/// `float_outputs` when given. Unknown exclude names throw.
+QConfigOverrides quantize_overrides(const onnx::ImportedModel& m, const QConfig& global,
+                                    const QuantizeOptions& options,
+                                    const QConfigOverrides& base = {},
+                                    QuantizeReport* report = nullptr);
 
 /// Imports `input_path` (a float ONNX model with one float input), fuses, prepares it
 /// (observer / dtypes / march, or the qconfig file; `exclude` float), calibrates it on every
