@@ -24,7 +24,7 @@ and onnxruntime.transformers.onnx_utils are stubs that raise (only quant_pre_pro
 it is not run).
 
 Protocol: preprocessing as bench/torchvision_fmnist.py ((pixel/255 - 0.2860)/0.3530);
-calibration = first 1,024 training images (batches of --calib-batch); evaluation = the 10,000
+calibration = the first 1,024 training images (--calib-n, --calib-offset; batches of --calib-batch); evaluation = the 10,000
 test images, and a validation split of the training images held out as calq holds out its own
 (--val-size 5000 --seed 0, see calq_hold_out) to pick the configuration ORT's user would ship; quantize_static(QuantFormat.QDQ, per_channel=True, weight_type=QInt8) with
 calibrate_method in {MinMax, Percentile, Entropy} x activation {QUInt8 (asymmetric),
@@ -423,7 +423,8 @@ def worker_quantize(args):
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
 
-    x = load("train", args.calib_n)[0]  # the FIRST calib_n training images
+    # calib_n training images from --calib-offset (default: the first ones)
+    x = load("train", rows=np.arange(args.calib_offset, args.calib_offset + args.calib_n))[0]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -533,6 +534,9 @@ def main():
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--acts", default=",".join(ACTS))
     ap.add_argument("--calib-n", type=int, default=1024)
+    ap.add_argument("--calib-offset", type=int, default=0,
+                    help="calibrate on training images [offset, offset + calib-n) (another subset "
+                         "for a repeat; use another --out)")
     ap.add_argument("--calib-batch", type=int, default=64)
     ap.add_argument("--val-size", type=int, default=5000, help="as calq's --val-size")
     ap.add_argument("--val-seed", type=int, default=0, help="as calq's --seed (its runs use 0)")
@@ -571,8 +575,9 @@ def main():
     val_rows = calq_hold_out(n_train, args.val_size, args.val_seed)
     x_val, y_val = load("train", rows=val_rows)
     val_split = (f"calq hold_out(60000 Fashion-MNIST training images, val_size={args.val_size}, "
-                 f"seed={args.val_seed}); {int((val_rows < args.calib_n).sum())} of them are among "
-                 f"the first {args.calib_n} used for calibration")
+                 f"seed={args.val_seed}); "
+                 f"{int(((val_rows >= args.calib_offset) & (val_rows < args.calib_offset + args.calib_n)).sum())} "
+                 f"of them are among the {args.calib_n} from {args.calib_offset} used for calibration")
     print(f"validation: {val_split}; rows {val_rows[:5].tolist()}...", file=sys.stderr, flush=True)
     results_path = os.path.join(out, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
@@ -599,6 +604,7 @@ def main():
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--ort-src", args.ort_src,
                        "--models", model, "--out", out, "--model", model, "--qmodel", qmodel,
                        "--method", method, "--act", act, "--calib-n", str(args.calib_n),
+                       "--calib-offset", str(args.calib_offset),
                        "--calib-batch", str(args.calib_batch)]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 lines = [l for l in proc.stdout.splitlines() if l.startswith("@@RESULT@@")]

@@ -8,6 +8,9 @@
 #include <functional>
 #include <memory>
 #include <sstream>
+#include <string>
+#include <tuple>
+#include <utility>
 
 #include "calq/analysis/equalization.h"
 #include "calq/graph/graph.h"
@@ -41,6 +44,29 @@ std::vector<at::Tensor> read_batches(deploy::CalibrationSource& source,
   return batches;
 }
 
+// Batch i is held out where floor((i + 1) f) passes an integer (every 1/f-th batch, spread over
+// the file, so that a file sorted by class does not hold out only its last classes); at
+// least one batch each way.
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> split_held_out(
+    std::vector<at::Tensor> batches, double fraction) {
+  std::vector<at::Tensor> calibrate, held_out;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    // (1e-9: 3 * (1 / 3.0) must count as 1)
+    const bool hold = std::floor(static_cast<double>(i + 1) * fraction + 1e-9) >
+                      std::floor(static_cast<double>(i) * fraction + 1e-9);
+    (hold ? held_out : calibrate).push_back(std::move(batches[i]));
+  }
+  if (held_out.empty()) {
+    held_out.push_back(std::move(calibrate.back()));
+    calibrate.pop_back();
+  }
+  if (calibrate.empty()) {
+    calibrate.push_back(std::move(held_out.front()));
+    held_out.erase(held_out.begin());
+  }
+  return {std::move(calibrate), std::move(held_out)};
+}
+
 }  // namespace
 
 AutoQuantizeReport auto_quantize_onnx(const std::string& input_path,
@@ -69,16 +95,17 @@ AutoQuantizeReport auto_quantize_onnx(const std::string& input_path,
     TORCH_CHECK(!held_out.empty(), "auto_quantize_onnx: the held-out source gave no batch");
     TORCH_CHECK(!batches.empty(), "auto_quantize_onnx: the calibration source gave no batch");
   } else {
-    const auto held_count = std::max<int64_t>(
-        1, std::llround(auto_options.held_out_fraction() * static_cast<double>(batches.size())));
-    TORCH_CHECK(batches.size() >= 2 && held_count < static_cast<int64_t>(batches.size()),
-                "auto_quantize_onnx: the calibration source gave ", batches.size(), " batch(es) (",
-                samples,
-                " samples); the automatic recipe needs at least two, one to calibrate on and one "
-                "held out to choose with. Give more samples, a smaller batch size or held-out "
-                "data");
-    held_out.assign(batches.end() - held_count, batches.end());
-    batches.resize(batches.size() - static_cast<size_t>(held_count));
+    TORCH_CHECK(
+        batches.size() >= 2, "auto_quantize_onnx: the calibration source gave ", batches.size(),
+        " batch(es) (", samples,
+        " samples); the automatic recipe needs at least two, one to calibrate on and one "
+        "held out to choose with. Give more samples",
+        auto_options.max_samples() > 0
+            ? " (max_samples reads at most " + std::to_string(auto_options.max_samples()) + ")"
+            : std::string(),
+        ", a smaller batch size or held-out data");
+    std::tie(batches, held_out) =
+        split_held_out(std::move(batches), auto_options.held_out_fraction());
   }
 
   const deploy::Profile& profile = options.export_options().profile();

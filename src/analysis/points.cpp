@@ -66,7 +66,8 @@ class OutputRecorder::Impl : public nn::CallRecorder {
               const at::Tensor& output) override {
     if (modules_.count(&module) == 0) return;
     std::vector<at::Tensor> detached;
-    for (const at::Tensor& x : inputs) detached.push_back(x.detach());
+    // A graph's float function may have omitted optional inputs (undefined tensors).
+    for (const at::Tensor& x : inputs) detached.push_back(x.defined() ? x.detach() : x);
     calls_.push_back({&module, std::move(detached), output.detach()});
   }
   std::set<const nn::QuantModuleImpl*> modules_;

@@ -70,8 +70,17 @@ class Engine {
       v.real = inputs[i].to(at::kFloat).contiguous();
       values_[trace.inputs[i]] = v;
     }
+    // Values without producer that are not inputs: a parameter read directly by a module.
+    std::vector<bool> known(trace.values.size(), false);
+    for (int64_t id : trace.inputs) known[id] = true;
+    for (const TracedCall& call : trace.calls) known[call.output] = true;
     IntegerResult result;
     for (const TracedCall& call : trace.calls) {
+      for (int64_t id : call.inputs) {
+        TORCH_CHECK(known[id], "integer engine: ", call.path,
+                    " reads a parameter or buffer directly, not a model input or a calq::nn "
+                    "module's output; the engine runs traced models on their dataflow only");
+      }
       const EngineValue out = run_call(call);
       values_[call.output] = out;
       if (options_.keep_integers() && out.quantized) {

@@ -57,6 +57,8 @@ class Exporter {
     for (int64_t c = 0; c <= last; ++c) export_call(trace_.calls[c]);
     for (size_t i = 0; i < outputs.size(); ++i) {
       const int64_t id = outputs[i];
+      TORCH_CHECK(!values_[id].name.empty(), "export: output ", i,
+                  " is a parameter or buffer, not a model input or a calq::nn module's output");
       const std::string name = io_name(options_.output_name(), i, outputs.size());
       const std::string out = b_.node("Identity", {values_[id].name}, name);
       w_.add_value_info(graph_->add_output(), out, trace_.values[id].shape);
@@ -74,7 +76,7 @@ class Exporter {
     TORCH_CHECK(!v.name.empty(), "export: ", call.path, " reads input ", i,
                 " directly from a parameter or buffer, not from a model input or a calq::nn "
                 "module; the exporter of traced models cannot write it. Compute it with a "
-                "calq::nn module (or import the model from ONNX)");
+                "calq::nn module (an imported ONNX graph exports with export_qdq(ImportedModel))");
     return v;
   }
 

@@ -201,8 +201,8 @@ TEST(QuantizeCommand, AutoEndToEnd) {
                      " --observer auto --bias-correction --batch-size 16 --threads 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("auto: chose"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("held out 32 samples (2 batches)"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("calibrated on 64 samples (4 batches)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("held out 16 samples (1 batches)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("calibrated on 80 samples (5 batches)"), std::string::npos) << r.output;
   EXPECT_TRUE(calq::onnx::import(out).qdq);
   ASSERT_TRUE(std::filesystem::exists(recipe)) << r.output;
   std::string why;
@@ -240,6 +240,14 @@ TEST(QuantizeCommand, AutoEndToEnd) {
               " --observer auto --held-out 0.5 --held-out-data " + held);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("give one"), std::string::npos) << r.output;
+  r = run_cli("quantize --model " + kModel + " --calib " + calib + " --output " + out +
+              " --observer auto --target-drop -1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("--target-drop must be >= 0"), std::string::npos) << r.output;
+  r = run_cli("quantize --model " + kModel + " --calib " + calib + " --output " + out +
+              " --observer auto --cle-relu6 keep");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("add --cle"), std::string::npos) << r.output;
 }
 #endif
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "calq/deploy/integer_engine.h"
 #include "calq/deploy/qdq_export.h"
 #include "calq/nn.h"
 #include "calq/workflow.h"
@@ -167,8 +168,14 @@ TEST(Trace, ParameterReadDirectlyIsAValueWithoutProducerThatExportRefuses) {
     calq::deploy::export_qdq_bytes(*model, t);
     FAIL() << "expected an error";
   } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("directly from a parameter or buffer"),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("directly from a parameter or buffer"), std::string::npos)
+        << e.what();
+  }
+  try {
+    calq::deploy::run_integer(*model, t, {torch::randn({1, 1, 4, 4})});
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("reads a parameter or buffer directly"), std::string::npos)
         << e.what();
   }
 }

@@ -83,6 +83,14 @@ int quantize(const QuantizeArgs& a, const CLI::App& command) {
   }
   options.march(march_from_string(a.march)).exclude(a.exclude);
   const bool automatic = a.qconfig.empty() && a.observer == "auto";
+  TORCH_CHECK(command.count("--target-drop") == 0 || a.target_drop >= 0.0,
+              "--target-drop must be >= 0 (percentage points of top-1 agreement), got ",
+              a.target_drop);
+  TORCH_CHECK(command.count("--cle-relu6") == 0 || a.cle,
+              "--cle-relu6 says how --cle treats ReLU6; add --cle (or drop --cle-relu6)");
+  TORCH_CHECK(command.count("--promotion") == 0 || command.count("--target-drop") > 0,
+              "--promotion says what --target-drop promotes to; add --target-drop (or drop "
+              "--promotion)");
   TORCH_CHECK(command.count("--held-out") == 0 || command.count("--held-out-data") == 0,
               "--held-out (a fraction of --calib) and --held-out-data (a file) both choose the "
               "held-out samples; give one");

@@ -22,9 +22,10 @@ struct AutoQuantizeOptions {
   TORCH_ARG(AutoOptions, search) = {};
   /// Samples read from each source and held in memory (0: every sample). Default 1024.
   TORCH_ARG(int64_t, max_samples) = 1024;
-  /// Without a held-out source: the fraction of the calibration batches read (the last ones,
-  /// at least one) held out. Held-out batches choose among whole-model candidates and measure
-  /// a target drop; they are never calibrated on. Default 0.25.
+  /// Without a held-out source: the fraction of the calibration batches read that is held out
+  /// (every 1/f-th batch, spread over the file; at least one batch each way). Held-out
+  /// batches choose among whole-model candidates and measure a target drop; they are never
+  /// calibrated on. Default 0.25.
   TORCH_ARG(double, held_out_fraction) = 0.25;
 };
 
