@@ -249,6 +249,43 @@ TEST(QuantizeCommand, AutoEndToEnd) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("add --cle"), std::string::npos) << r.output;
 }
+
+// A QDQ file as a model of the command line: `calq infer --model Q.onnx` computes what the file
+// computes (its Q -> DQ pairs as fixed quantizers; bit for bit with ONNX Runtime in its
+// arithmetic), and `calq evaluate` compares it with the float ONNX model, paired.
+TEST(QuantizeCommand, InferAndEvaluateReadTheWrittenQdqModel) {
+  const std::string out = temp_path("cli_infer_qdq.onnx");
+  const std::string calib = calibration_file(64);
+  Result r = run_cli("quantize --model " + kModel + " --calib " + calib + " --output " + out +
+                     " --batch-size 16 --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  torch::manual_seed(44);
+  const at::Tensor x = torch::randn({32, 1, 8, 8});
+  const std::string input = temp_path("infer_x.npy");
+  calq::util::write_npy(input, x);
+  const std::string y_path = temp_path("infer_y.npy");
+  r = run_cli("infer --model " + out + " --input " + input + " --output " + y_path +
+              " --arithmetic ort-cpu --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const at::Tensor simulated = calq::util::read_npy(y_path);
+  const std::string float_path = temp_path("infer_float.npy");
+  r = run_cli("infer --model " + kModel + " --input " + input + " --output " + float_path +
+              " --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(at::allclose(simulated, calq::util::read_npy(float_path)))
+      << "the QDQ file must not compute the float model";
+  std::string why;
+  if (calq::deploy::onnxruntime_available(&why)) {
+    const at::Tensor deployed = calq::deploy::run_onnxruntime(out, {x}).outputs.at(0);
+    EXPECT_EQ((simulated - deployed).abs().max().item<float>(), 0.0f)
+        << "ONNX Runtime's arithmetic on the file's own grids: its outputs exactly";
+  }
+  r = run_cli("evaluate --model " + kModel + " --data " + calib + " --val-size 32 --checkpoint " +
+              kModel + " --versus " + out + " --threads 1 --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("(quantized, VALIDATION"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("paired, " + out), std::string::npos) << r.output;
+}
 #endif
 
 }  // namespace

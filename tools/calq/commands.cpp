@@ -103,14 +103,25 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint,
   std::vector<std::pair<Model, bool>> loaded;  // each model and whether it is quantized
   auto evaluate_one = [&ws, &set, &loaded](const std::string& path) {
     ModelMeta meta;
-    loaded.emplace_back(load_model(path, &meta), false);
+    Model reference;
+    if (is_onnx_path(path)) {
+      // A float ONNX model, or a deployed QDQ one (calq's export or another tool's).
+      bool quantized = false;
+      loaded.emplace_back(load_onnx_model(path, &quantized), quantized);
+      meta.prepared = quantized;
+      ModelMeta float_meta;
+      float_meta.model = std::filesystem::absolute(path).string();
+      reference = build_model(float_meta);  // a QDQ file's float weights, float activations
+    } else {
+      loaded.emplace_back(load_model(path, &meta), false);
+      loaded.back().second = meta.prepared;
+      ModelMeta float_meta = meta;
+      float_meta.prepared = false;
+      reference = build_model(float_meta);
+      copy_float_state(*loaded.back().first.module, *reference.module);
+    }
     Model& model = loaded.back().first;
-    loaded.back().second = meta.prepared;
     check_workspace_fits(model, ws);
-    ModelMeta float_meta = meta;
-    float_meta.prepared = false;
-    const Model reference = build_model(float_meta);
-    copy_float_state(*model.module, *reference.module);
     const pipeline::Evaluation e = score(ws, model, reference, set, meta.prepared);
     if (ws.writer()) {
       std::cout << path << ": " << (ws.test ? "test" : "validation") << " top-1 " << e.top1 << "%"
@@ -255,10 +266,13 @@ int infer_command(const RunConfig& config, const std::string& model_path,
     prepared = meta.prepared;
   } else {
     TORCH_CHECK(!model_path.empty(), "infer: give --model FILE.onnx or --checkpoint FILE");
-    ModelMeta meta;
-    meta.model =
-        is_onnx_path(model_path) ? std::filesystem::absolute(model_path).string() : model_path;
-    model = build_model(meta);
+    if (is_onnx_path(model_path)) {
+      model = load_onnx_model(model_path, &prepared);  // a QDQ file computes as it is written
+    } else {
+      ModelMeta meta;
+      meta.model = model_path;
+      model = build_model(meta);
+    }
   }
   TORCH_CHECK(x.dim() >= 1, "infer: '", input, "' holds a scalar; give a batch [N, ...]");
   check_data_fits(model, x.sizes().slice(1).vec(), "infer --input '" + input + "'");

@@ -369,6 +369,18 @@ void save_model(const Model& model, const ModelMeta& meta, const std::string& pa
   util::write_file_atomic(path + ".json", meta.to_json().dump(2) + "\n");
 }
 
+Model load_onnx_model(const std::string& path, bool* quantized) {
+  TORCH_CHECK(std::filesystem::exists(path), "model file '", path, "' does not exist");
+  Model model = make_float_model(std::filesystem::absolute(path).string());
+  *quantized = model.imported_model->qdq;
+  if (*quantized) {
+    // Any global qconfig: each module's own qconfig (the file's grids) takes precedence.
+    prepare_qat(*model.module, get_default_qconfig());
+    set_fake_quantize(*model.module, FakeQuantState::VALIDATION);
+  }
+  return model;
+}
+
 Model load_model(const std::string& path, ModelMeta* meta_out) {
   TORCH_CHECK(std::filesystem::exists(path), "model file '", path, "' does not exist");
   TORCH_CHECK(std::filesystem::exists(path + ".json"), "model file '", path,

@@ -125,6 +125,11 @@ void use_arithmetic(const RunConfig& config, const Model& model);
 void save_model(const Model& model, const ModelMeta& meta, const std::string& path);
 /// Rebuilds and loads a model saved by save_model; errors name the file and the mismatch.
 Model load_model(const std::string& path, ModelMeta* meta = nullptr);
+/// An ONNX file as `evaluate --checkpoint` and `infer --model` take it: a float model as it
+/// is; a QDQ model (calq's export or another tool's) prepared with the file's own quantization
+/// (every Q -> DQ pair a fixed fake quantizer, docs/deploy.md) and in VALIDATION, so that it
+/// computes what the file computes. *quantized says which.
+Model load_onnx_model(const std::string& path, bool* quantized);
 
 /// The float model: a zoo network trained (or reused from OUT/float_<model>.pt when trained
 /// with the same settings), or the imported ONNX model as it is. *seconds_per_epoch is 0 and
