@@ -285,6 +285,20 @@ TEST(QuantizeCommand, InferAndEvaluateReadTheWrittenQdqModel) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(quantized, VALIDATION"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("paired, " + out), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("note: no labels"), std::string::npos)
+      << "without labels the QDQ file is scored against --model's float model" << r.output;
+  r = run_cli("evaluate --model " + out + " --data " + calib + " --val-size 32 --checkpoint " +
+              out + " --threads 1 --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("note: no labels and no float --model"), std::string::npos) << r.output;
+  // --engine ort runs the file itself.
+  if (calq::deploy::onnxruntime_available(&why)) {
+    r = run_cli("infer --model " + out + " --input " + input + " --output " + y_path +
+                " --engine ort --threads 1");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_TRUE(at::equal(calq::util::read_npy(y_path),
+                          calq::deploy::run_onnxruntime(out, {x}).outputs.at(0)));
+  }
 }
 #endif
 

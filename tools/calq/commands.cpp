@@ -109,9 +109,23 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint,
       bool quantized = false;
       loaded.emplace_back(load_onnx_model(path, &quantized), quantized);
       meta.prepared = quantized;
+      // Without labels the score is agreement with a float model: --model's when it is a
+      // float ONNX file (the model the QDQ file deploys), else the file's own float weights.
       ModelMeta float_meta;
       float_meta.model = std::filesystem::absolute(path).string();
-      reference = build_model(float_meta);  // a QDQ file's float weights, float activations
+      if (quantized && is_onnx_path(ws.config.model)) {
+        bool model_quantized = false;
+        load_onnx_model(ws.config.model, &model_quantized);  // only to learn which it is
+        if (!model_quantized)
+          float_meta.model = std::filesystem::absolute(ws.config.model).string();
+      }
+      if (quantized && !ws.labelled &&
+          float_meta.model == std::filesystem::absolute(path).string() && ws.writer()) {
+        std::cout << "note: no labels and no float --model FILE.onnx: " << path
+                  << " is scored against its own dequantized weights in float, which hides "
+                     "their quantization error\n";
+      }
+      reference = build_model(float_meta);
     } else {
       loaded.emplace_back(load_model(path, &meta), false);
       loaded.back().second = meta.prepared;
@@ -294,6 +308,11 @@ int infer_command(const RunConfig& config, const std::string& model_path,
                                     deploy::IntegerEngineOptions().requantization(
                                         deploy::requantization_from_string(requantization)))
                     .outputs;
+    } else if (checkpoint.empty()) {
+      // A QDQ file: ONNX Runtime runs the file itself (another tool's placement included).
+      deploy::OrtOptions options;
+      options.threads = threads;
+      outputs = deploy::run_onnxruntime(model_path, {x}, options).outputs;
     } else {
       const std::string onnx = output + ".qdq.onnx";
       deploy::export_qdq(*model.imported_model, {x.narrow(0, 0, 1)}, onnx);

@@ -374,6 +374,7 @@ Model load_onnx_model(const std::string& path, bool* quantized) {
   Model model = make_float_model(std::filesystem::absolute(path).string());
   *quantized = model.imported_model->qdq;
   if (*quantized) {
+    fuse(*model.module);  // a float-weight Conv + BatchNormalization of the file is a block
     // Any global qconfig: each module's own qconfig (the file's grids) takes precedence.
     prepare_qat(*model.module, get_default_qconfig());
     set_fake_quantize(*model.module, FakeQuantState::VALIDATION);
