@@ -107,25 +107,28 @@ int evaluate_command(const RunConfig& config, const std::string& checkpoint,
     if (is_onnx_path(path)) {
       // A float ONNX model, or a deployed QDQ one (calq's export or another tool's).
       bool quantized = false;
-      loaded.emplace_back(load_onnx_model(path, &quantized), quantized);
+      Model onnx_model = load_onnx_model(path, &quantized);
       meta.prepared = quantized;
-      // Without labels the score is agreement with a float model: --model's when it is a
-      // float ONNX file (the model the QDQ file deploys), else the file's own float weights.
-      ModelMeta float_meta;
-      float_meta.model = std::filesystem::absolute(path).string();
+      // Without labels the score is agreement with a float model: a float file is its own;
+      // a QDQ file's is --model's when that is a float ONNX file (the model it deploys), else
+      // the file's own dequantized weights in float.
+      if (!quantized) reference = onnx_model;
       if (quantized && is_onnx_path(ws.config.model)) {
         bool model_quantized = false;
-        load_onnx_model(ws.config.model, &model_quantized);  // only to learn which it is
-        if (!model_quantized)
-          float_meta.model = std::filesystem::absolute(ws.config.model).string();
+        Model float_onnx = load_onnx_model(ws.config.model, &model_quantized);
+        if (!model_quantized) reference = float_onnx;
       }
-      if (quantized && !ws.labelled &&
-          float_meta.model == std::filesystem::absolute(path).string() && ws.writer()) {
-        std::cout << "note: no labels and no float --model FILE.onnx: " << path
-                  << " is scored against its own dequantized weights in float, which hides "
-                     "their quantization error\n";
+      if (reference.module == nullptr) {
+        if (!ws.labelled && ws.writer()) {
+          std::cout << "note: no labels and no float --model FILE.onnx: " << path
+                    << " is scored against its own dequantized weights in float, which hides "
+                       "their quantization error\n";
+        }
+        ModelMeta float_meta;
+        float_meta.model = std::filesystem::absolute(path).string();
+        reference = build_model(float_meta);
       }
-      reference = build_model(float_meta);
+      loaded.emplace_back(onnx_model, quantized);
     } else {
       loaded.emplace_back(load_model(path, &meta), false);
       loaded.back().second = meta.prepared;
